@@ -1,0 +1,1 @@
+"""Benchmark suites behind `kommune bench`. Measured, never asserted in unit tests."""

@@ -1,0 +1,1 @@
+"""`kommune`: the one command for technicians, staff and operators."""

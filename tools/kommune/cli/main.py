@@ -1,0 +1,68 @@
+"""Entry point: a table of subcommands, each a small module with `add_parser` and `run`.
+
+A subcommand module is imported only when its name is on the command line, so
+`kommune --help` and every command start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from kommune.cli.errors import CliError
+
+# name -> (module under kommune.cli, one-line summary). Listed in `kommune --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("cmd_bench", "run a benchmark suite and write its report"),
+}
+
+EPILOG = """examples:
+  kommune bench protocols          frames per second under CPython and MicroPython
+  kommune bench protocols --json   the same as one JSON object
+"""
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"kommune.cli.{COMMANDS[name][0]}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kommune",
+        description="Build, flash, emulate and diagnose Smart Kommune field nodes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (_, summary) in COMMANDS.items():
+        if only is None or only == name:
+            _load(name).add_parser(sub, name, summary)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.run(args)
+    except CliError as e:
+        print(f"kommune {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"kommune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
