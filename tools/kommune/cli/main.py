@@ -16,10 +16,12 @@ from kommune.cli.errors import CliError
 
 # name -> (module under kommune.cli, one-line summary). Listed in `kommune --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "emulate": ("cmd_emulate", "start an emulated board and print its console and link ports"),
     "bench": ("cmd_bench", "run a benchmark suite and write its report"),
 }
 
 EPILOG = """examples:
+  kommune emulate --blank          an emulated ESP32-class board; open its console with mpremote
   kommune bench protocols          frames per second under CPython and MicroPython
   kommune bench protocols --json   the same as one JSON object
 """
