@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from kommune.cli.errors import CliError
 
@@ -27,12 +28,20 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and a pointer to --help), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _load(name: str) -> ModuleType:
     return importlib.import_module(f"kommune.cli.{COMMANDS[name][0]}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser, with the full subparser of `only` (others are names and summaries)."""
+    parser = _Parser(
         prog="kommune",
         description="Build, flash, emulate and diagnose Smart Kommune field nodes.",
         epilog=EPILOG,
@@ -40,7 +49,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (_, summary) in COMMANDS.items():
-        if only is None or only == name:
+        if only == name:
             _load(name).add_parser(sub, name, summary)
         else:
             sub.add_parser(name, help=summary, add_help=False)
