@@ -34,3 +34,10 @@ class ProtocolError(ValueError):
         if self.detail:
             return self.reason + ": " + self.detail
         return self.reason
+
+
+# Appended by the lock protocol (handshake and audit chain).
+BAD_PROOF = "bad_proof"  # genuine token, but the holder's proof did not verify
+GAP = "gap"  # a sequence number is missing (audit chain)
+OUT_OF_ORDER = "out_of_order"  # entries arrived in the wrong order (audit chain)
+BAD_CHAIN = "bad_chain"  # an entry does not link to the previous entry's hash
