@@ -1,0 +1,141 @@
+"""The token authority: mints access tokens for staff phones.
+
+A token lets one holder operate one lock during one time window with some
+rights, at the lock's current revocation epoch. The holder also gets a
+session key, which the lock re-derives from the token, so the lock stores
+nothing per holder. Layout and security argument: protocols/LOCK.md.
+
+The byte layout comes from `kommune.protocols.token` (one source of truth);
+the tag and session key are computed here with `cryptography`'s HMAC, an
+implementation independent of the lock's `kommune.protocols.hmac_sha256`.
+The tests check that the two agree byte for byte.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import hashes, hmac
+
+from kommune.edge.keys import check_site_key, derive_lock_key
+from kommune.protocols import token as tokens
+from kommune.protocols.errors import ProtocolError
+from kommune.protocols.lock_wire import TAG_BYTES
+
+#: A visit token should cover a visit or a shift; a week is the most we mint.
+DEFAULT_MAX_WINDOW_S = 7 * 24 * 3600
+
+
+class TokenAuthorityError(ValueError):
+    """A token request the authority refuses (one line, for the CLI)."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A minted token: the bytes for the phone and the session key it must keep secret."""
+
+    token: bytes
+    session_key: bytes = field(repr=False)
+    token_id: int
+    holder_id: int
+    lock_id: int
+    not_before_s: int
+    not_after_s: int
+    rights: int
+    epoch: int
+
+
+def _random_token_id() -> int:
+    return secrets.randbelow(0xFFFF_FFFF) + 1  # 1..2**32-1; 0 means "none" in audit entries
+
+
+def _hmac_sha256(key: bytes, *parts: bytes) -> bytes:
+    mac = hmac.HMAC(key, hashes.SHA256())
+    for part in parts:
+        mac.update(part)
+    return mac.finalize()
+
+
+class TokenAuthority:
+    """Mints tokens under the per-lock token keys derived from one site key."""
+
+    def __init__(
+        self,
+        site_key: bytes,
+        *,
+        max_window_s: int = DEFAULT_MAX_WINDOW_S,
+        new_token_id: Callable[[], int] = _random_token_id,
+    ) -> None:
+        self._site_key = check_site_key(site_key)
+        self.max_window_s = max_window_s
+        self._new_token_id = new_token_id
+
+    def issue(
+        self,
+        *,
+        holder_id: int,
+        lock_id: int,
+        not_before_s: int,
+        not_after_s: int,
+        rights: int,
+        epoch: int,
+    ) -> IssuedToken:
+        """A token for holder_id on lock_id, valid not_before_s..not_after_s (site time).
+
+        epoch must be the lock's current revocation epoch: an older one is
+        refused by the lock, and a newer one revokes every older token the
+        first time the lock sees it.
+        """
+        if not_after_s - not_before_s > self.max_window_s:
+            raise TokenAuthorityError(
+                f"window of {not_after_s - not_before_s} s exceeds the {self.max_window_s} s limit"
+            )
+        token_id = self._new_token_id()
+        draft = tokens.Token(
+            token_id=token_id,
+            holder_id=holder_id,
+            lock_id=lock_id,
+            not_before_s=not_before_s,
+            not_after_s=not_after_s,
+            rights=rights,
+            epoch=epoch,
+        )
+        try:
+            body = tokens.encode_body(draft)
+        except ProtocolError as e:
+            raise TokenAuthorityError(f"cannot mint this token: {e}") from e
+        token_key = derive_lock_key(self._site_key, "token", lock_id)
+        tag = _hmac_sha256(token_key, tokens.TAG_LABEL, body)[:TAG_BYTES]
+        session_key = _hmac_sha256(
+            token_key, tokens.SESSION_LABEL, token_id.to_bytes(4, "big"), tag
+        )
+        return IssuedToken(
+            token=body + tag,
+            session_key=session_key,
+            token_id=token_id,
+            holder_id=holder_id,
+            lock_id=lock_id,
+            not_before_s=not_before_s,
+            not_after_s=not_after_s,
+            rights=rights,
+            epoch=epoch,
+        )
+
+
+def parse_rights(text: str) -> int:
+    """The rights bitmask for names such as "unlock,read-audit" (`kommune token issue`)."""
+    by_name = dict(tokens.RIGHT_NAMES)
+    mask = 0
+    for name in (n.strip() for n in text.split(",")):
+        if name not in by_name:
+            known = ", ".join(by_name)
+            raise TokenAuthorityError(f"unknown right {name!r}; known rights: {known}")
+        mask |= by_name[name]
+    return mask
+
+
+def rights_text(rights: int) -> str:
+    """The rights bitmask as names, e.g. "unlock,lock"."""
+    return tokens.rights_text(rights)

@@ -1,0 +1,157 @@
+"""The token authority: minted tokens verify on the lock, and agree byte for byte
+with the lock's own HMAC implementation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kommune.edge.keys import derive_lock_keys
+from kommune.edge.token_authority import (
+    DEFAULT_MAX_WINDOW_S,
+    IssuedToken,
+    TokenAuthority,
+    TokenAuthorityError,
+    parse_rights,
+    rights_text,
+)
+from kommune.hil.paths import VECTORS_DIR
+from kommune.protocols import token as T
+from kommune.protocols.audit import AuditLog
+from kommune.protocols.errors import BAD_TAG, ProtocolError
+from kommune.protocols.hmac_sha256 import HmacKey
+from kommune.protocols.lock_client import HolderSession
+from kommune.protocols.lock_verifier import LockVerifier
+from kommune.protocols.lock_wire import RIGHT_LOCK, RIGHT_READ_AUDIT, RIGHT_UNLOCK
+
+SITE = bytes(range(0x10, 0x30))
+START = 1_767_258_000
+
+
+def _issue(authority: TokenAuthority, **over: int) -> IssuedToken:
+    args = {
+        "holder_id": 4242,
+        "lock_id": 1017,
+        "not_before_s": START,
+        "not_after_s": START + 3600,
+        "rights": RIGHT_UNLOCK | RIGHT_LOCK,
+        "epoch": 3,
+    }
+    args.update(over)
+    return authority.issue(**args)
+
+
+ids = st.integers(1, 2**32 - 1)
+
+
+@given(
+    st.tuples(ids, ids, ids),
+    st.integers(0, 2**32 - 1 - DEFAULT_MAX_WINDOW_S),
+    st.integers(0, DEFAULT_MAX_WINDOW_S),
+    st.integers(1, 15),
+)
+def test_minted_token_matches_the_lock_implementation(
+    token_holder_lock: tuple[int, int, int], start: int, length: int, rights: int
+) -> None:
+    token_id, holder, lock = token_holder_lock
+    # cryptography's HMAC (authority) and hashlib-only HMAC (lock) agree.
+    authority = TokenAuthority(SITE, new_token_id=lambda: token_id)
+    issued = authority.issue(
+        holder_id=holder,
+        lock_id=lock,
+        not_before_s=start,
+        not_after_s=start + length,
+        rights=rights,
+        epoch=5,
+    )
+    key = HmacKey(derive_lock_keys(SITE, lock).token_key)
+    tok = T.verify(issued.token, key, lock, now_s=start, epoch=5, right=0)
+    assert (tok.token_id, tok.holder_id, tok.rights) == (token_id, holder, rights)
+    assert T.sign(key, tok) == issued.token
+    assert T.session_key(key, tok) == issued.session_key
+
+
+def test_golden_token_is_what_the_authority_mints() -> None:
+    doc = json.loads((VECTORS_DIR / "token.json").read_text())
+    case = next(c for c in doc["cases"] if c["name"] == "visit_token_unlock_lock")
+    f = case["fields"]
+    authority = TokenAuthority(SITE, new_token_id=lambda: f["token_id"])
+    issued = authority.issue(
+        holder_id=f["holder_id"],
+        lock_id=f["lock_id"],
+        not_before_s=f["not_before_s"],
+        not_after_s=f["not_after_s"],
+        rights=f["rights"],
+        epoch=f["epoch"],
+    )
+    assert issued.token.hex() == case["hex"]
+
+
+def test_a_phone_opens_the_lock_with_an_issued_token() -> None:
+    issued = _issue(TokenAuthority(SITE))
+    lk = derive_lock_keys(SITE, 1017)
+    lock = LockVerifier(1017, lk.token_key, lk.edge_key, 3, AuditLog(lk.audit_key, 1017))
+    holder = HolderSession(issued.token, issued.session_key)
+    challenge = lock.challenge(b"n" * 16, 1000, START + 60)
+    verdict = lock.respond(holder.request(challenge, RIGHT_UNLOCK, b"h" * 16), 1050, START + 60)
+    assert verdict.ok
+    assert holder.result(verdict.reply).ok
+
+
+def test_another_sites_token_does_not_open_the_lock() -> None:
+    issued = _issue(TokenAuthority(bytes(range(0x40, 0x60))))
+    key = HmacKey(derive_lock_keys(SITE, 1017).token_key)
+    with pytest.raises(ProtocolError, match=BAD_TAG):
+        T.authenticate(issued.token, key, 1017)
+
+
+def test_token_ids_are_random_and_nonzero() -> None:
+    authority = TokenAuthority(SITE)
+    ids = {_issue(authority).token_id for _ in range(32)}
+    assert len(ids) == 32 and 0 not in ids
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"not_after_s": START + DEFAULT_MAX_WINDOW_S + 1},
+        {"not_after_s": START - 1},
+        {"rights": 0},
+        {"rights": 0x10},
+        {"holder_id": 0},
+        {"lock_id": 0},
+        {"epoch": 2**32},
+    ],
+)
+def test_bad_requests_are_refused(over: dict[str, int]) -> None:
+    with pytest.raises(TokenAuthorityError):
+        _issue(TokenAuthority(SITE), **over)
+
+
+def test_window_limit_is_configurable() -> None:
+    authority = TokenAuthority(SITE, max_window_s=600)
+    _issue(authority, not_after_s=START + 600)
+    with pytest.raises(TokenAuthorityError, match="601 s exceeds the 600 s limit"):
+        _issue(authority, not_after_s=START + 601)
+
+
+def test_no_authority_without_a_real_site_key() -> None:
+    with pytest.raises(ValueError):
+        TokenAuthority(bytes(32))
+
+
+def test_session_key_is_never_printed() -> None:
+    issued = _issue(TokenAuthority(SITE))
+    assert issued.session_key.hex() not in repr(issued)
+    assert "session_key" not in repr(issued)
+
+
+def test_rights_by_name() -> None:
+    assert parse_rights("unlock") == RIGHT_UNLOCK
+    assert parse_rights("unlock, read-audit") == RIGHT_UNLOCK | RIGHT_READ_AUDIT
+    assert rights_text(parse_rights("admin,lock")) == "lock,admin"
+    with pytest.raises(TokenAuthorityError, match="unknown right 'open'"):
+        parse_rights("unlock,open")

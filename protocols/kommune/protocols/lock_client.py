@@ -1,0 +1,100 @@
+# The clients' side of the lock handshake: HolderSession (a staff phone,
+# `kommune unlock`) and EdgeSession (the edge's authenticated time sync and
+# revocation-epoch update). Kept apart from handshake.py so the lock, which
+# never runs it, does not load it. Byte layouts: protocols/LOCK.md.
+#
+#     holder = HolderSession(issued.token, issued.session_key)
+#     request = holder.request(challenge_bytes, RIGHT_UNLOCK, os.urandom(16))
+#     reply = holder.result(reply_bytes)  # reply.ok: the lock really opened
+from kommune.protocols import token as tokens
+from kommune.protocols.errors import BAD_TAG, BAD_VALUE, WRONG_LOCK, ProtocolError
+from kommune.protocols.handshake import (
+    RESULT_HEAD_BYTES,
+    Challenge,
+    Command,
+    Request,
+    command_mac,
+    decode_challenge,
+    decode_notice,
+    decode_result,
+    proof,
+    result_mac,
+)
+from kommune.protocols.hmac_sha256 import equal
+from kommune.protocols.lock_wire import MSG_COMMAND, MSG_NOTICE, MSG_REQUEST, OK, lock_key
+
+
+class Reply:
+    # What a peer learnt from the lock's answer.
+    def __init__(self, kind: int, op: int, status: str, authenticated: bool) -> None:
+        self.kind = kind
+        self.op = op
+        self.status = status
+        self.authenticated = authenticated  # False: a NOTICE, which anyone could send
+
+    @property
+    def ok(self) -> bool:
+        return self.authenticated and self.status == OK
+
+    def __repr__(self) -> str:
+        return "Reply(%s%s)" % (self.status, "" if self.authenticated else ", unauthenticated")
+
+
+class _Peer:
+    def __init__(self, key: bytes, kind: int) -> None:
+        self._key = lock_key(key)
+        self._kind = kind
+        # (lock_id, op, lock_nonce, peer_nonce) of the request awaiting its answer
+        self._expect: "tuple[int, int, bytes, bytes] | None" = None
+
+    def _challenge(self, challenge: bytes, lock_id: int) -> Challenge:
+        ch = decode_challenge(challenge)
+        if ch.lock_id != lock_id:
+            raise ProtocolError(
+                WRONG_LOCK, "challenge from lock %d, not %d" % (ch.lock_id, lock_id)
+            )
+        return ch
+
+    def result(self, reply: bytes) -> Reply:
+        # The lock's answer to the last request; a forged RESULT raises bad_tag.
+        if self._expect is None:
+            raise ProtocolError(BAD_VALUE, "no request outstanding")
+        lock_id, op, lock_nonce, peer_nonce = self._expect
+        if reply[:1] == bytes((MSG_NOTICE,)):
+            return Reply(self._kind, op, decode_notice(reply).status, False)
+        res = decode_result(reply)
+        head = reply[:RESULT_HEAD_BYTES]
+        if not equal(res.mac, result_mac(self._key, lock_id, lock_nonce, peer_nonce, head)):
+            raise ProtocolError(BAD_TAG, "result MAC")
+        if res.kind != self._kind or res.op != op:
+            raise ProtocolError(BAD_VALUE, "result answers another request")
+        self._expect = None  # one answer per request: a replayed RESULT gets nothing
+        return Reply(res.kind, res.op, res.status, True)
+
+
+class HolderSession(_Peer):
+    # A staff phone: its token and session key, as the token authority gave them.
+    def __init__(self, token: bytes, session_key: bytes) -> None:
+        super().__init__(session_key, MSG_REQUEST)
+        self.token = tokens.decode(token)
+        self._token_bytes = bytes(token)
+
+    def request(self, challenge: bytes, op: int, holder_nonce: bytes) -> bytes:
+        # holder_nonce: 16 fresh random bytes (os.urandom / secrets).
+        ch = self._challenge(challenge, self.token.lock_id)
+        body = Request(op, ch.nonce, holder_nonce, self._token_bytes, b"").body()
+        self._expect = (ch.lock_id, op, ch.nonce, bytes(holder_nonce))
+        return body + proof(self._key, ch.lock_id, body)
+
+
+class EdgeSession(_Peer):
+    # The edge, holding one lock's edge key.
+    def __init__(self, edge_key: bytes, lock_id: int) -> None:
+        super().__init__(edge_key, MSG_COMMAND)
+        self.lock_id = lock_id
+
+    def command(self, challenge: bytes, cmd: int, value: int, edge_nonce: bytes) -> bytes:
+        ch = self._challenge(challenge, self.lock_id)
+        body = Command(cmd, ch.nonce, edge_nonce, value, b"").body()
+        self._expect = (ch.lock_id, cmd, ch.nonce, bytes(edge_nonce))
+        return body + command_mac(self._key, ch.lock_id, body)

@@ -1,0 +1,662 @@
+"""Writes the lock-protocol golden vectors: hmac, token, handshake and audit .json.
+
+Run only after a deliberate wire-format change, then review the diff:
+
+    .venv/bin/python protocols/vectors/gen_lock_vectors.py
+
+Inputs are spelled out here; outputs are computed with the implementation and
+checked against the outcome each case exists to show (a case meant to be
+"expired" must come out expired). The tests check the same bytes against
+independent computations (stdlib hmac, `cryptography`), so a bug here cannot
+silently become golden.
+"""
+
+from __future__ import annotations
+
+import hmac as std_hmac
+import json
+import sys
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+from kommune.edge.keys import derive_lock_keys
+from kommune.edge.token_authority import TokenAuthority
+from kommune.protocols import audit
+from kommune.protocols import handshake as hs
+from kommune.protocols.errors import ProtocolError
+from kommune.protocols.lock_client import EdgeSession, HolderSession
+from kommune.protocols.lock_verifier import LockVerifier
+from kommune.protocols.lock_wire import (
+    CMD_EPOCH_SET,
+    CMD_TIME_SET,
+    RIGHT_LOCK,
+    RIGHT_READ_AUDIT,
+    RIGHT_UNLOCK,
+    lock_key,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vec_audit
+import vec_handshake
+import vec_token
+
+HERE = Path(__file__).resolve().parent
+
+# Test-only material. The site key is what edge/tests/test_keys.py derives
+# these locks' keys from; no code anywhere defaults to it.
+SITE_KEY = bytes(range(0x10, 0x30))
+LOCK = 1017
+OTHER_LOCK = 1018
+KEYS = derive_lock_keys(SITE_KEY, LOCK)
+OTHER_KEYS = derive_lock_keys(SITE_KEY, OTHER_LOCK)
+HOLDER = 4242
+NOT_BEFORE = 1767258000  # 2026-01-01 09:00 UTC
+NOT_AFTER = 1767261600  # 10:00
+EPOCH = 3
+VISIT = NOT_BEFORE + 600  # lock clock during the visit
+LOCK_NONCE = bytes.fromhex("00112233445566778899aabbccddeeff")
+HOLDER_NONCE = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
+EDGE_NONCE = bytes.fromhex("e0e1e2e3e4e5e6e7e8e9eaebecedeeef")
+
+Case = dict[str, Any]
+
+
+def _mint(
+    token_id: int,
+    *,
+    lock_id: int = LOCK,
+    rights: int = RIGHT_UNLOCK | RIGHT_LOCK,
+    epoch: int = EPOCH,
+) -> tuple[bytes, bytes]:
+    authority = TokenAuthority(SITE_KEY, new_token_id=lambda: token_id)
+    t = authority.issue(
+        holder_id=HOLDER,
+        lock_id=lock_id,
+        not_before_s=NOT_BEFORE,
+        not_after_s=NOT_AFTER,
+        rights=rights,
+        epoch=epoch,
+    )
+    return t.token, t.session_key
+
+
+TOKEN, SESSION = _mint(0x0A0B0C0D)
+
+
+def _flip(data: bytes, index: int, bit: int = 0) -> bytes:
+    b = bytearray(data)
+    b[index] ^= 1 << bit
+    return bytes(b)
+
+
+def _op_case(adapter: Any, name: str, op: str, args: dict[str, Any], expect: str | None) -> Case:
+    # expect: an error reason, or None for a result.
+    try:
+        result = adapter.op(op, args)
+    except ProtocolError as e:
+        assert expect == e.reason, f"{name}: expected {expect}, got error {e.reason}"
+        return {"name": name, "op": op, "args": args, "error": e.reason}
+    assert expect is None, f"{name}: expected error {expect}, got {result!r}"
+    return {"name": name, "op": op, "args": args, "result": result}
+
+
+def _hex_case(adapter: Any, name: str, data: bytes, expect: str | None = None) -> Case:
+    try:
+        fields = adapter.decode(data)
+    except ProtocolError as e:
+        assert expect == e.reason, f"{name}: expected {expect}, got error {e.reason}"
+        return {"name": name, "hex": data.hex(), "error": e.reason}
+    assert expect is None, f"{name}: expected error {expect}"
+    assert adapter.encode(fields) == data, name
+    return {"name": name, "hex": data.hex(), "fields": fields}
+
+
+# --- hmac ---------------------------------------------------------------------
+
+RFC4231 = [  # (key, data, HMAC-SHA-256 from RFC 4231 section 4, bytes kept)
+    (
+        "0b" * 20,
+        b"Hi There".hex(),
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+        32,
+    ),
+    (
+        b"Jefe".hex(),
+        b"what do ya want for nothing?".hex(),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        32,
+    ),
+    (
+        "aa" * 20,
+        "dd" * 50,
+        "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+        32,
+    ),
+    (
+        bytes(range(1, 26)).hex(),
+        "cd" * 50,
+        "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+        32,
+    ),
+    ("0c" * 20, b"Test With Truncation".hex(), "a3b6167473100ee06e0c796c2955552b", 16),
+    (
+        "aa" * 131,
+        b"Test Using Larger Than Block-Size Key - Hash Key First".hex(),
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+        32,
+    ),
+    (
+        "aa" * 131,
+        b"This is a test using a larger than block-size key and a larger than block-size data."
+        b" The key needs to be hashed before being used by the HMAC algorithm.".hex(),
+        "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+        32,
+    ),
+]
+
+
+def hmac_cases() -> list[Case]:
+    cases: list[Case] = []
+    for i, (key, data, mac, n) in enumerate(RFC4231, 1):
+        std = std_hmac.new(bytes.fromhex(key), bytes.fromhex(data), sha256).hexdigest()
+        assert std[: 2 * n] == mac, f"RFC 4231 case {i} transcribed wrong"
+        args: dict[str, Any] = {"key": key, "data": data}
+        if n != 32:
+            args["bytes"] = n
+        cases.append({"name": f"rfc4231_case_{i}", "op": "hmac", "args": args, "result": mac})
+    cases.append(
+        {
+            "name": "empty_key_and_message",
+            "op": "hmac",
+            "args": {"key": "", "data": ""},
+            "result": std_hmac.new(b"", b"", sha256).hexdigest(),
+        }
+    )
+    for name, a, b, same in (
+        ("equal_same", "00ff10", "00ff10", True),
+        ("equal_last_byte_differs", "00ff10", "00ff11", False),
+        ("equal_first_bit_differs", "80ff10", "00ff10", False),
+        ("equal_length_differs", "00ff10", "00ff", False),
+        ("equal_empty", "", "", True),
+    ):
+        cases.append({"name": name, "op": "equal", "args": {"a": a, "b": b}, "result": same})
+    return cases
+
+
+# --- token --------------------------------------------------------------------
+
+
+def token_cases() -> list[Case]:
+    a = vec_token
+    max_fields = {
+        "token_id": 0xFFFFFFFF,
+        "holder_id": 0xFFFFFFFF,
+        "lock_id": 0xFFFFFFFF,
+        "not_before_s": 0,
+        "not_after_s": 0xFFFFFFFF,
+        "rights": 0x0F,
+        "epoch": 0xFFFFFFFF,
+        "tag": "ff" * 16,
+    }
+    cases = [
+        _hex_case(a, "visit_token_unlock_lock", TOKEN),
+        _hex_case(a, "all_fields_at_their_limits", a.encode(max_fields)),
+        _hex_case(a, "empty", b"", "truncated"),
+        _hex_case(a, "version_2", b"\x02" + TOKEN[1:], "bad_version"),
+        _hex_case(a, "one_byte_short", TOKEN[:-1], "truncated"),
+        _hex_case(a, "one_byte_long", TOKEN + b"\x00", "too_long"),
+        _hex_case(a, "no_rights", TOKEN[:21] + b"\x00" + TOKEN[22:], "bad_value"),
+        _hex_case(a, "reserved_right_bit", TOKEN[:21] + b"\x13" + TOKEN[22:], "bad_value"),
+        _hex_case(a, "token_id_zero", TOKEN[:1] + bytes(4) + TOKEN[5:], "bad_value"),
+        _hex_case(a, "holder_id_zero", TOKEN[:5] + bytes(4) + TOKEN[9:], "bad_value"),
+        _hex_case(a, "lock_id_zero", TOKEN[:9] + bytes(4) + TOKEN[13:], "bad_value"),
+        _hex_case(
+            a,
+            "window_ends_before_it_starts",
+            TOKEN[:13] + TOKEN[17:21] + TOKEN[13:17] + TOKEN[21:],
+            "bad_value",
+        ),
+    ]
+    key = KEYS.token_key.hex()
+    fields = a.decode(TOKEN)
+    fields_no_tag = {k: v for k, v in fields.items() if k != "tag"}
+    cases.append(
+        _op_case(a, "sign_visit_token", "sign", {"key": key, "token": fields_no_tag}, None)
+    )
+    cases.append(
+        _op_case(
+            a, "session_key_of_visit_token", "session_key", {"key": key, "token": TOKEN.hex()}, None
+        )
+    )
+    assert cases[-1]["result"] == SESSION.hex()
+
+    def verify(name: str, expect: str | None, **over: Any) -> None:
+        args = {
+            "key": key,
+            "token": TOKEN.hex(),
+            "lock_id": LOCK,
+            "now_s": VISIT,
+            "epoch": EPOCH,
+            "right": RIGHT_UNLOCK,
+        }
+        args.update(over)
+        cases.append(_op_case(a, name, "verify", args, expect))
+
+    verify("verify_ok_during_visit", None)
+    verify("verify_ok_lock_right", None, right=RIGHT_LOCK)
+    verify("verify_ok_older_lock_epoch", None, epoch=EPOCH - 1)
+    verify("verify_ok_skew_before_window", None, now_s=NOT_BEFORE - 60)
+    verify("verify_not_yet_valid_past_skew", "not_yet_valid", now_s=NOT_BEFORE - 61)
+    verify("verify_ok_skew_after_window", None, now_s=NOT_AFTER + 60)
+    verify("verify_expired_past_skew", "expired", now_s=NOT_AFTER + 61)
+    verify("verify_expired_no_skew", "expired", now_s=NOT_AFTER + 1, skew_s=0)
+    verify("verify_wrong_lock", "wrong_lock", lock_id=OTHER_LOCK, key=OTHER_KEYS.token_key.hex())
+    verify("verify_revoked", "revoked", epoch=EPOCH + 1)
+    verify("verify_no_read_audit_right", "no_right", right=RIGHT_READ_AUDIT)
+    verify("verify_tag_bit_flipped", "bad_tag", token=_flip(TOKEN, 41, 7).hex())
+    verify("verify_holder_bit_flipped", "bad_tag", token=_flip(TOKEN, 8, 0).hex())
+    verify("verify_window_extended", "bad_tag", token=_flip(TOKEN, 19, 4).hex())
+    verify("verify_other_locks_key", "bad_tag", key=OTHER_KEYS.token_key.hex())
+    verify("verify_truncated", "truncated", token=TOKEN[:30].hex())
+    return cases
+
+
+# --- handshake ----------------------------------------------------------------
+
+LOCK_CONFIG = {
+    "lock_id": LOCK,
+    "token_key": KEYS.token_key.hex(),
+    "edge_key": KEYS.edge_key.hex(),
+    "audit_key": KEYS.audit_key.hex(),
+    "epoch": EPOCH,
+    "relay_bound_ms": 500,
+    "skew_s": 60,
+    "max_failures": 3,
+    "failure_window_ms": 10000,
+    "backoff_ms": 5000,
+}
+
+
+class Script:
+    """Builds a lock scenario step by step, running a live lock alongside."""
+
+    def __init__(self, **over: Any) -> None:
+        self.config = dict(LOCK_CONFIG, **over)
+        self.lock: LockVerifier = vec_handshake._verifier(self.config)[0]
+        self.steps: list[dict[str, Any]] = []
+        self.statuses: list[str] = []
+        self.challenges: list[bytes] = []
+
+    def challenge(self, nonce: bytes, now_ms: int, clock_s: int = VISIT) -> bytes:
+        self.steps.append({"challenge": nonce.hex(), "now_ms": now_ms, "clock_s": clock_s})
+        msg = self.lock.challenge(nonce, now_ms, clock_s)
+        self.challenges.append(msg)
+        return msg
+
+    def send(self, msg: bytes, now_ms: int, clock_s: int = VISIT) -> str:
+        self.steps.append({"respond": msg.hex(), "now_ms": now_ms, "clock_s": clock_s})
+        v = self.lock.respond(msg, now_ms, clock_s)
+        self.statuses.append(v.status)
+        return v.status
+
+    def case(self, name: str, expect: list[str]) -> Case:
+        assert self.statuses == expect, f"{name}: {self.statuses} != {expect}"
+        return _op_case(
+            vec_handshake, name, "lock", {"lock": self.config, "steps": self.steps}, None
+        )
+
+
+def _request(
+    challenge: bytes,
+    op: int = RIGHT_UNLOCK,
+    token: bytes = TOKEN,
+    session: bytes = SESSION,
+    nonce: bytes = HOLDER_NONCE,
+) -> bytes:
+    return HolderSession(token, session).request(challenge, op, nonce)
+
+
+def _command(challenge: bytes, cmd: int, value: int, key: bytes = KEYS.edge_key) -> bytes:
+    return EdgeSession(key, LOCK).command(challenge, cmd, value, EDGE_NONCE)
+
+
+def handshake_cases() -> list[Case]:
+    a = vec_handshake
+    cases: list[Case] = []
+
+    # The full transcript, lock side and holder side.
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    req = _request(ch)
+    s.send(req, 1080)
+    cases.append(s.case("transcript_unlock_lock_side", ["ok"]))
+    reply = bytes.fromhex(cases[-1]["result"]["steps"][1]["reply"])
+    holder_args = {
+        "token": TOKEN.hex(),
+        "session_key": SESSION.hex(),
+        "challenge": ch.hex(),
+        "op": RIGHT_UNLOCK,
+        "holder_nonce": HOLDER_NONCE.hex(),
+        "reply": reply.hex(),
+    }
+    cases.append(_op_case(a, "transcript_unlock_holder_side", "holder", holder_args, None))
+    assert cases[-1]["result"]["request"] == req.hex()
+    cases.append(
+        _op_case(
+            a,
+            "holder_rejects_forged_result",
+            "holder",
+            dict(holder_args, reply=_flip(reply, 19).hex()),
+            "bad_tag",
+        )
+    )
+    cases.append(
+        _op_case(
+            a,
+            "holder_rejects_result_for_other_op",
+            "holder",
+            dict(holder_args, op=RIGHT_LOCK),
+            "bad_value",
+        )
+    )
+    cases.append(
+        _op_case(
+            a,
+            "holder_reads_notice_as_unauthenticated",
+            "holder",
+            dict(holder_args, reply=hs.Notice(2, "rate_limited").encode().hex()),
+            None,
+        )
+    )
+    other_ch = hs.Challenge(OTHER_LOCK, VISIT, EPOCH, LOCK_NONCE).encode()
+    cases.append(
+        _op_case(
+            a,
+            "holder_refuses_other_locks_challenge",
+            "holder",
+            dict(holder_args, challenge=other_ch.hex()),
+            "wrong_lock",
+        )
+    )
+
+    # Message codecs.
+    cases += [
+        _hex_case(a, "challenge", ch),
+        _hex_case(a, "request_unlock", req),
+        _hex_case(a, "result_ok", reply),
+        _hex_case(a, "notice_wrong_lock", hs.Notice(2, "wrong_lock").encode()),
+        _hex_case(a, "notice_for_empty_message", hs.Notice(0, "truncated").encode()),
+        _hex_case(a, "command_time_set", _command(ch, CMD_TIME_SET, VISIT)),
+        _hex_case(a, "command_epoch_set", _command(ch, CMD_EPOCH_SET, EPOCH + 1)),
+        _hex_case(a, "empty_message", b"", "truncated"),
+        _hex_case(a, "unknown_type", b"\x09" + bytes(29), "unknown_type"),
+        _hex_case(a, "challenge_short", ch[:-1], "truncated"),
+        _hex_case(a, "challenge_version_2", ch[:1] + b"\x02" + ch[2:], "bad_version"),
+        _hex_case(a, "request_long", req + b"\x00", "too_long"),
+        _hex_case(a, "request_two_ops", req[:1] + b"\x03" + req[2:], "bad_value"),
+        _hex_case(a, "request_no_op", req[:1] + b"\x00" + req[2:], "bad_value"),
+        _hex_case(a, "request_reserved_op", req[:1] + b"\x10" + req[2:], "bad_value"),
+        _hex_case(
+            a,
+            "command_unknown",
+            _command(ch, CMD_TIME_SET, 1)[:1] + b"\x03" + bytes(52),
+            "bad_value",
+        ),
+        _hex_case(a, "result_unknown_status", reply[:3] + b"\xc8" + reply[4:], "bad_value"),
+        _hex_case(a, "result_command_op_3", b"\x03\x05\x03\x00" + bytes(16), "bad_value"),
+        _hex_case(a, "notice_unknown_status", b"\x04\x02\x11", "bad_value"),
+    ]
+
+    # Replay: a challenge answers once.
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    req = _request(ch)
+    s.send(req, 1080)
+    s.send(req, 1100)
+    cases.append(s.case("replay_same_challenge", ["ok", "replay"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    old = _request(ch)
+    s.send(old, 1080)
+    s.challenge(bytes(range(16)), 5000)
+    s.send(old, 5050)
+    cases.append(s.case("replay_old_request_after_new_challenge", ["ok", "replay"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch)[:-1] + b"\x00", 1050)  # a guess
+    s.send(_request(ch), 1080)  # the right proof, too late: the guess used the challenge
+    cases.append(s.case("one_attempt_per_challenge", ["bad_proof", "replay"]))
+
+    # Relay bound.
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1500)
+    ch = s.challenge(bytes(range(16)), 2000)
+    s.send(_request(ch), 2501)
+    cases.append(s.case("relay_bound_500ms_inclusive", ["ok", "too_late"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 0x3FFFFF00)  # ticks_ms about to wrap
+    s.send(_request(ch), 0x40)
+    cases.append(s.case("relay_bound_across_ticks_wrap", ["ok"]))
+
+    # Time window, by the lock's clock.
+    for name, clock, status in (
+        ("expired_by_lock_clock", NOT_AFTER + 61, "expired"),
+        ("not_yet_valid_by_lock_clock", NOT_BEFORE - 61, "not_yet_valid"),
+        ("skew_allowance_at_window_end", NOT_AFTER + 60, "ok"),
+    ):
+        s = Script()
+        ch = s.challenge(LOCK_NONCE, 1000, clock)
+        s.send(_request(ch), 1080, clock)
+        cases.append(s.case(name, [status]))
+
+    # Wrong lock, forged token, wrong proof, missing right.
+    other_token, _ = _mint(77, lock_id=OTHER_LOCK)
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    forged = hs.Request(RIGHT_UNLOCK, LOCK_NONCE, HOLDER_NONCE, other_token, bytes(16)).encode()
+    s.send(forged, 1050)
+    cases.append(s.case("token_for_other_lock", ["wrong_lock"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    req = _request(ch)
+    s.send(req[:34] + _flip(req[34:76], 16) + req[76:], 1050)  # window bit in the token
+    cases.append(s.case("token_tampered", ["bad_tag"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch, session=bytes(32)), 1050)  # token copied, session key guessed
+    cases.append(s.case("stolen_token_without_session_key", ["bad_proof"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch, op=RIGHT_READ_AUDIT), 1050)
+    cases.append(s.case("no_read_audit_right", ["no_right"]))
+
+    # Revocation epoch.
+    s = Script(epoch=EPOCH + 1)
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)
+    cases.append(s.case("revoked_by_epoch", ["revoked"]))
+
+    new_token, new_session = _mint(0x0A0B0C0E, epoch=EPOCH + 1)
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch, token=new_token, session=new_session), 1050)
+    ch = s.challenge(bytes(range(16)), 2000)
+    s.send(_request(ch), 2050)
+    cases.append(s.case("newer_token_raises_epoch_and_revokes_older", ["ok", "revoked"]))
+
+    # Rate limit: 3 failures in 10 s, then 5 s of refusals.
+    s = Script()
+    for i in range(3):
+        ch = s.challenge(bytes([i]) * 16, 1000 + 100 * i)
+        s.send(_request(ch, session=bytes(32)), 1050 + 100 * i)
+    ch = s.challenge(bytes([9]) * 16, 1400)
+    s.send(_request(ch), 1450)  # the real holder, during the back-off
+    ch = s.challenge(bytes([10]) * 16, 6300)
+    s.send(_request(ch), 6350)  # after it
+    expect = ["bad_proof", "bad_proof", "bad_proof", "rate_limited", "ok"]
+    cases.append(s.case("rate_limited_after_3_failures", expect))
+
+    s = Script()
+    for i in range(3):
+        s.send(bytes([0x02, 0x01]), 1000 + 6000 * i)  # failures 6 s apart: never 3 in 10 s
+    ch = s.challenge(LOCK_NONCE, 13000)
+    s.send(_request(ch), 13050)
+    cases.append(s.case("slow_failures_not_limited", ["truncated", "truncated", "truncated", "ok"]))
+
+    s = Script()
+    s.send(b"", 1000)
+    s.send(b"\x09\x00", 1001)
+    s.send(bytes([0x01]) + bytes(29), 1002)  # a challenge sent to the lock
+    cases.append(s.case("junk_messages", ["truncated", "unknown_type", "unknown_type"]))
+
+    # Edge commands.
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    time_set = _command(ch, CMD_TIME_SET, VISIT + 5)
+    s.send(time_set, 1040)
+    cases.append(s.case("transcript_time_set", ["ok"]))
+    reply = bytes.fromhex(cases[-1]["result"]["steps"][1]["reply"])
+    edge_args = {
+        "edge_key": KEYS.edge_key.hex(),
+        "lock_id": LOCK,
+        "challenge": ch.hex(),
+        "cmd": CMD_TIME_SET,
+        "value": VISIT + 5,
+        "edge_nonce": EDGE_NONCE.hex(),
+        "reply": reply.hex(),
+    }
+    cases.append(_op_case(a, "transcript_time_set_edge_side", "edge", edge_args, None))
+    assert cases[-1]["result"]["command"] == time_set.hex()
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_command(ch, CMD_EPOCH_SET, EPOCH + 2), 1040)
+    ch = s.challenge(bytes(range(16)), 2000)
+    s.send(_command(ch, CMD_EPOCH_SET, EPOCH + 1), 2040)
+    ch = s.challenge(bytes([7]) * 16, 3000)
+    s.send(_request(ch), 3050)
+    cases.append(s.case("epoch_set_then_lower_refused", ["ok", "bad_value", "revoked"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_command(ch, CMD_TIME_SET, 1, key=OTHER_KEYS.edge_key), 1040)
+    ch = s.challenge(bytes(range(16)), 2000)
+    s.send(_command(ch, CMD_TIME_SET, VISIT), 2600)
+    cases.append(s.case("command_forged_then_late", ["bad_tag", "too_late"]))
+    return cases
+
+
+# --- audit --------------------------------------------------------------------
+
+
+def _log_events() -> list[dict[str, Any]]:
+    return [
+        {"time_s": VISIT, "event": 1, "op": 1, "status": "ok", "holder_id": HOLDER, "token_id": 7},
+        {"time_s": VISIT + 9, "event": 1, "op": 1, "status": "bad_tag"},
+        {"time_s": VISIT + 30, "event": 2, "op": 1, "status": "ok", "arg": VISIT + 31},
+        {"time_s": VISIT + 60, "event": 3, "op": 0, "status": "ok", "holder_id": HOLDER, "arg": 4},
+        {
+            "time_s": VISIT + 99,
+            "event": 1,
+            "op": 2,
+            "status": "ok",
+            "holder_id": HOLDER,
+            "token_id": 7,
+        },
+    ]
+
+
+def audit_cases() -> list[Case]:
+    a = vec_audit
+    base = {"audit_key": KEYS.audit_key.hex(), "lock_id": LOCK}
+    cases = [_op_case(a, "log_five_events", "log", dict(base, events=_log_events()), None)]
+    entries = [bytes.fromhex(e) for e in cases[0]["result"]]
+    e1, e2, e3, e4, e5 = entries
+    cases += [
+        _hex_case(a, "entry_first", e1),
+        _hex_case(a, "entry_unauthenticated_attempt", e2),
+        _hex_case(a, "batch_of_two", audit.encode_batch([e1, e2])),
+        _hex_case(a, "batch_empty", audit.encode_batch([])),
+        _hex_case(a, "entry_seq_zero", bytes(4) + e1[4:], "bad_value"),
+        _hex_case(a, "entry_unknown_event", e1[:8] + b"\x09" + e1[9:], "bad_value"),
+        _hex_case(a, "entry_unknown_status", e1[:10] + b"\x63" + e1[11:], "bad_value"),
+        _hex_case(a, "batch_count_too_high", b"\x07\x02" + e1, "truncated"),
+        _hex_case(a, "batch_count_too_low", b"\x07\x01" + e1 + e2, "too_long"),
+        _hex_case(a, "batch_header_only_one_byte", b"\x07", "truncated"),
+    ]
+    ack = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 5)
+    cases += [
+        _hex_case(a, "ack_seq_5", ack),
+        _hex_case(a, "ack_short", ack[:-1], "truncated"),
+        _op_case(
+            a,
+            "ack_build",
+            "ack",
+            {"edge_key": KEYS.edge_key.hex(), "lock_id": LOCK, "seq": 5},
+            None,
+        ),
+        _op_case(
+            a,
+            "ack_open",
+            "open_ack",
+            {"edge_key": KEYS.edge_key.hex(), "lock_id": LOCK, "ack": ack.hex()},
+            None,
+        ),
+        _op_case(
+            a,
+            "ack_for_other_lock",
+            "open_ack",
+            {"edge_key": KEYS.edge_key.hex(), "lock_id": OTHER_LOCK, "ack": ack.hex()},
+            "bad_tag",
+        ),
+        _op_case(a, "hash_of_entry_1", "hash", {"entry": e1.hex()}, None),
+    ]
+    assert cases[-1]["result"] == e2[23:39].hex()
+
+    def check(name: str, batch: list[bytes], expect: str | None, **over: Any) -> None:
+        args = dict(base, next_seq=1, last_hash="00" * 16, entries=[e.hex() for e in batch])
+        args.update(over)
+        cases.append(_op_case(a, name, "check", args, expect))
+
+    check("chain_whole", entries, None)
+    check("chain_resumes_after_ack", [e3, e4, e5], None, next_seq=3, last_hash=e3[23:39].hex())
+    check("chain_resent_entries_skipped", entries, None, next_seq=3, last_hash=e3[23:39].hex())
+    check("chain_gap", [e1, e2, e4, e5], "gap")
+    check("chain_missing_first", [e2, e3], "gap")
+    check("chain_reordered", [e1, e3, e2, e4], "out_of_order")
+    check("chain_duplicate_after_new", [e1, e2, e2], "out_of_order")
+    check("chain_entry_modified", [e1, _flip(e2, 6), e3], "bad_tag")
+    check("chain_entry_mac_forged", [e1, e2[:39] + bytes(16)], "bad_tag")
+    check("chain_other_locks_key", entries, "bad_tag", audit_key=OTHER_KEYS.audit_key.hex())
+    check("chain_fork_wrong_anchor", [e3], "bad_chain", next_seq=3, last_hash="11" * 16)
+    check("chain_resent_entry_differs", [e2, e3], "bad_chain", next_seq=3, last_hash="22" * 16)
+    check("chain_resent_only", [e1, e2], None, next_seq=3, last_hash=e3[23:39].hex())
+    check("chain_truncated_entry", [e1[:54]], "truncated")
+    return cases
+
+
+def write(name: str, cases: list[Case]) -> None:
+    names = [c["name"] for c in cases]
+    assert len(names) == len(set(names)), f"duplicate names in {name}"
+    doc = {"adapter": name, "cases": cases}
+    (HERE / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"{name}.json: {len(cases)} cases")
+
+
+def main() -> None:
+    write("hmac", hmac_cases())
+    write("token", token_cases())
+    write("handshake", handshake_cases())
+    write("audit", audit_cases())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+# Golden-vector adapter for the lock's BLE handshake (kommune.protocols.handshake,
+# lock_verifier and lock_client).
+#
+# "hex" is one message; "fields" has its "type" (challenge, request, command,
+# result, notice) and fields, bytes as hex. Ops (keys and bytes as hex):
+#   "lock"   replays args["steps"] against a LockVerifier built from
+#            args["lock"]: {"challenge": nonce, "now_ms", "clock_s"} issues a
+#            challenge, {"respond": message, "now_ms", "clock_s"} answers one.
+#            Result: each step's output, the lock's epoch, its audit entries.
+#   "holder" builds a phone's request for args["challenge"] and opens the
+#            lock's args["reply"] (the holder side of the same transcript).
+#   "edge"   the same for an edge command.
+from kommune.protocols import handshake as hs
+from kommune.protocols.audit import AuditLog
+from kommune.protocols.lock_client import EdgeSession, HolderSession
+from kommune.protocols.lock_verifier import LockVerifier, RateLimiter
+
+
+def _h(text):
+    return bytes.fromhex(text)
+
+
+def decode(data):
+    m = hs.decode(data)
+    if isinstance(m, hs.Challenge):
+        return {
+            "type": "challenge",
+            "lock_id": m.lock_id,
+            "clock_s": m.clock_s,
+            "epoch": m.epoch,
+            "nonce": m.nonce.hex(),
+        }
+    if isinstance(m, hs.Request):
+        return {
+            "type": "request",
+            "op": m.op,
+            "lock_nonce": m.lock_nonce.hex(),
+            "holder_nonce": m.holder_nonce.hex(),
+            "token": m.token.hex(),
+            "proof": m.proof.hex(),
+        }
+    if isinstance(m, hs.Command):
+        return {
+            "type": "command",
+            "cmd": m.cmd,
+            "lock_nonce": m.lock_nonce.hex(),
+            "edge_nonce": m.edge_nonce.hex(),
+            "value": m.value,
+            "mac": m.mac.hex(),
+        }
+    if isinstance(m, hs.Result):
+        return {
+            "type": "result",
+            "kind": m.kind,
+            "op": m.op,
+            "status": m.status,
+            "mac": m.mac.hex(),
+        }
+    return {"type": "notice", "kind": m.kind, "status": m.status}
+
+
+def encode(f):
+    t = f["type"]
+    if t == "challenge":
+        return hs.Challenge(f["lock_id"], f["clock_s"], f["epoch"], _h(f["nonce"])).encode()
+    if t == "request":
+        return hs.Request(
+            f["op"], _h(f["lock_nonce"]), _h(f["holder_nonce"]), _h(f["token"]), _h(f["proof"])
+        ).encode()
+    if t == "command":
+        return hs.Command(
+            f["cmd"], _h(f["lock_nonce"]), _h(f["edge_nonce"]), f["value"], _h(f["mac"])
+        ).encode()
+    if t == "result":
+        return hs.Result(f["kind"], f["op"], f["status"], _h(f["mac"])).encode()
+    return hs.Notice(f["kind"], f["status"]).encode()
+
+
+def _verifier(c):
+    limiter = RateLimiter(
+        c.get("max_failures", 5), c.get("failure_window_ms", 60000), c.get("backoff_ms", 30000)
+    )
+    log = AuditLog(_h(c["audit_key"]), c["lock_id"])
+    v = LockVerifier(
+        c["lock_id"],
+        _h(c["token_key"]),
+        _h(c["edge_key"]),
+        c["epoch"],
+        log,
+        relay_bound_ms=c.get("relay_bound_ms", 500),
+        skew_s=c.get("skew_s", 60),
+        limiter=limiter,
+    )
+    return v, log
+
+
+def _lock(args):
+    v, log = _verifier(args["lock"])
+    out = []
+    for s in args["steps"]:
+        if "challenge" in s:
+            msg = v.challenge(_h(s["challenge"]), s["now_ms"], s["clock_s"])
+            out.append({"challenge": msg.hex()})
+        else:
+            r = v.respond(_h(s["respond"]), s["now_ms"], s["clock_s"])
+            out.append({"status": r.status, "reply": r.reply.hex()})
+    return {"steps": out, "epoch": v.epoch, "audit": [e.hex() for e in log.entries]}
+
+
+def _reply(session, reply):
+    r = session.result(_h(reply))
+    return {"status": r.status, "authenticated": r.authenticated}
+
+
+def op(name, args):
+    if name == "lock":
+        return _lock(args)
+    if name == "holder":
+        holder = HolderSession(_h(args["token"]), _h(args["session_key"]))
+        request = holder.request(_h(args["challenge"]), args["op"], _h(args["holder_nonce"]))
+        return {"request": request.hex(), "reply": _reply(holder, args["reply"])}
+    if name == "edge":
+        edge = EdgeSession(_h(args["edge_key"]), args["lock_id"])
+        command = edge.command(
+            _h(args["challenge"]), args["cmd"], args["value"], _h(args["edge_nonce"])
+        )
+        return {"command": command.hex(), "reply": _reply(edge, args["reply"])}
+    raise ValueError("unknown op " + name)
