@@ -1,0 +1,109 @@
+# What a board's ROM and MicroPython's port main do before the REPL, for the
+# emulated board (called by start.py):
+#   load the peripheral emulation -- before `/` is mounted, as the host
+#   filesystem is hidden afterwards --, mount the flash (formatting it on the
+#   first boot), then run boot.py and main.py from it like pyexec_file does.
+import sys
+
+_FIRST_BOOT_PY = b"# This file is executed on every boot (including wake-boot from deepsleep)\n"
+
+
+def _mount(config: dict) -> None:
+    import os
+
+    import vfs
+
+    from . import flashdev, rigwire
+
+    def cut() -> None:
+        import machine
+
+        machine._reset(rigwire.RESET_POWER_CUT)  # type: ignore[attr-defined]
+
+    f = config["flash"]
+    dev = flashdev.FileFlash(
+        f["path"],
+        f["block_size"],
+        f["block_count"],
+        f["page_size"],
+        cut_after=f["cut_after"],
+        on_cut=cut,
+    )
+    # (The stubs want a vfs.AbstractBlockDev, a class the VM does not have.)
+    vfs.umount("/")  # the unix port's host filesystem
+    try:
+        vfs.mount(vfs.VfsLfs2(dev), "/")  # type: ignore[abstract,arg-type]
+    except OSError:
+        # First boot (erased flash), as the ESP32 port's inisetup does.
+        vfs.VfsLfs2.mkfs(dev)  # type: ignore[arg-type]
+        vfs.mount(vfs.VfsLfs2(dev), "/")  # type: ignore[abstract,arg-type]
+        with open("/boot.py", "wb") as fp:
+            fp.write(_FIRST_BOOT_PY)
+    os.chdir("/")
+
+
+def _optional_bluetooth() -> object:
+    try:
+        from . import bluetooth
+    except ImportError:  # a rig without the radio
+        return None
+    return bluetooth
+
+
+def _boot(rig_path: str, token: str) -> bool:
+    import json
+
+    from . import aiohook, emutime, machine, rig, rigwire
+
+    # Everything is imported before the mount: the host filesystem goes then.
+    radio = _optional_bluetooth()
+
+    channel = rig.Rig(rig_path, token)
+    rig.attach(channel)
+    config = json.loads(channel.call(rigwire.HELLO, token.encode()))
+    channel.config = config
+    emutime.set_rtc(config["rtc_epoch_s"])
+    _mount(config)
+    sys.path[:] = ["", ".frozen", "/lib"]
+    sys.modules["machine"] = machine
+    sys.modules["time"] = emutime
+    if radio is not None:
+        sys.modules["bluetooth"] = radio  # type: ignore[assignment]
+    aiohook.install()
+    # Forget the package name: firmware may have its own `board` module.
+    for name in list(sys.modules):
+        if name == "board" or name.startswith("board."):
+            del sys.modules[name]
+    channel.send(rigwire.BOOTED)
+    run_main: bool = config["run_main"]
+    return run_main
+
+
+def _run(path: str, g: dict) -> None:
+    """Run a file from flash in the REPL's globals, like pyexec_file."""
+    try:
+        with open(path) as fp:
+            source = fp.read()
+    except OSError:
+        return
+    try:
+        exec(compile(source, path, "exec"), g)
+    except SystemExit:
+        # As on a board: sys.exit() in boot.py/main.py is a soft reset.
+        import machine
+
+        machine.soft_reset()
+    except BaseException as e:  # print it, as the board's pyexec does
+        sys.print_exception(e)
+
+
+def start(g: dict) -> None:
+    """Boot; `g` are the REPL's globals (boot.py and main.py run in them)."""
+    try:
+        run_main = _boot(sys.argv[1], sys.argv[2])
+    except BaseException as e:  # a broken rig: report it; the rig gives up on this boot
+        sys.print_exception(e)
+        return
+    _run("boot.py", g)
+    if run_main:
+        _run("main.py", g)

@@ -1,0 +1,134 @@
+"""pytest fixtures for emulated boards (imported by hil_tests/tests/conftest.py).
+
+    def test_button(board):                       # a blank esp32 board, booted
+        with board_repl(board) as repl:
+            repl.exec("import machine; p = machine.Pin(4, machine.Pin.IN)")
+        board.pins.drive(4, 1)
+
+    def test_street(make_board):                  # boards made to order
+        lamps = [make_board(f"lamp-{i}", files={"main.py": MAIN}) for i in range(3)]
+
+Every fixture tears down cleanly: VMs killed and reaped, ptys closed, the
+rig's work directory removed -- and `rig` fails the test if a VM survived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mpremote.transport_serial import SerialTransport
+
+from kommune.hil.harness import Board, Rig
+
+MakeBoard = Callable[..., Board]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    """A board supervisor for this test; checks at teardown that no VM outlived it."""
+    r = Rig()
+    try:
+        yield r
+    finally:
+        pids = r.all_pids()
+        workdir = r.supervisor.workdir
+        r.close()
+        stray = [pid for pid in pids if _alive(pid)]
+        assert not stray, f"VM processes outlived the rig: {stray}"
+        assert not workdir.exists(), f"rig work directory left behind: {workdir}"
+
+
+@pytest.fixture
+def make_board(rig: Rig) -> MakeBoard:
+    """make_board(name="board", profile="esp32", files=None, flash_path=None, ...) -> Board,
+    powered on and booted (unless power_on=False)."""
+
+    def make(
+        name: str = "board",
+        profile: str = "esp32",
+        *,
+        files: Mapping[str, bytes] | None = None,
+        flash_path: Path | None = None,
+        heap_kb: int | None = None,
+        seed: int = 0,
+        power_on: bool = True,
+        wait: bool = True,
+    ) -> Board:
+        b = rig.add_board(
+            name,
+            profile,
+            files=files,
+            flash_path=flash_path,
+            heap_kb=heap_kb,
+            seed=seed,
+            power_on=power_on,
+        )
+        if power_on and wait:
+            b.wait_booted()
+        return b
+
+    return make
+
+
+@pytest.fixture
+def board(make_board: MakeBoard) -> Board:
+    """One blank esp32 board, booted to its REPL."""
+    return make_board()
+
+
+@pytest.fixture
+def boards(make_board: MakeBoard) -> Callable[..., list[Board]]:
+    """boards(n, profile="esp32", **options) -> n booted boards named board-0 .. board-(n-1)."""
+
+    def make(n: int, profile: str = "esp32", **options: Any) -> list[Board]:
+        made = [make_board(f"board-{i}", profile, wait=False, **options) for i in range(n)]
+        for b in made:
+            b.wait_booted()
+        return made
+
+    return make
+
+
+@contextlib.contextmanager
+def board_repl(board: Board, *, soft_reset: bool = False) -> Iterator[SerialTransport]:
+    """The board's raw REPL through mpremote's own transport (Ctrl-C stops a running main.py)."""
+    transport = SerialTransport(board.console, baudrate=115200)
+    try:
+        transport.enter_raw_repl(soft_reset=soft_reset)
+        yield transport
+        transport.exit_raw_repl()
+    finally:
+        transport.close()
+
+
+def repl_exec(board: Board, code: str, *, soft_reset: bool = False) -> str:
+    """Run `code` in the board's raw REPL and return what it printed."""
+    with board_repl(board, soft_reset=soft_reset) as repl:
+        out: bytes = repl.exec(code)
+    return out.decode().replace("\r\n", "\n")
+
+
+def repl_start(board: Board, code: str) -> None:
+    """Start `code` in the board's raw REPL and leave without waiting (machine.reset(), ...)."""
+    transport = SerialTransport(board.console, baudrate=115200)
+    try:
+        transport.enter_raw_repl(soft_reset=False)
+        transport.exec_raw_no_follow(code)
+    finally:
+        transport.close()
+
+
+__all__ = ["board", "board_repl", "boards", "make_board", "repl_exec", "repl_start", "rig"]

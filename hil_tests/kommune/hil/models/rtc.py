@@ -1,0 +1,39 @@
+"""The real-time clock and its RTC memory.
+
+Both survive resets and deep sleep; a power cut loses them and the clock
+starts again at 2000-01-01 00:00:00, as an ESP32 without a backup battery does.
+"""
+
+from __future__ import annotations
+
+import time
+
+EPOCH_2000_S = 946_684_800  # 2000-01-01T00:00:00Z in Unix seconds
+MEMORY_SIZE = 2048  # bytes of RTC slow memory MicroPython's ESP32 port offers
+
+
+class RtcModel:
+    def __init__(self) -> None:
+        self._offset_s = 0.0
+        self.memory = b""
+        self.power_on()
+
+    def power_on(self) -> None:
+        self._offset_s = EPOCH_2000_S - time.time()
+        self.memory = b""
+
+    def now(self) -> float:
+        """The board's wall clock, Unix seconds."""
+        return time.time() + self._offset_s
+
+    def set(self, epoch_s: float) -> None:
+        self._offset_s = epoch_s - time.time()
+
+    def vm_memory(self, data: bytes) -> bytes:
+        """RTC.memory(): empty `data` reads, anything else writes."""
+        if data:
+            if len(data) > MEMORY_SIZE:
+                raise ValueError(f"RTC memory holds {MEMORY_SIZE} bytes")
+            self.memory = data
+            return b""
+        return self.memory

@@ -1,0 +1,29 @@
+"""Start one board's MicroPython VM (run as a script: `python vmlaunch.py ARGS...`).
+
+The supervisor starts this in a new session with stdin/stdout on the VM's own
+pty. Claiming that pty as the controlling terminal makes a Ctrl-C byte raise
+SIGINT in the VM while it runs code (the unix port's KeyboardInterrupt), as a
+board's UART driver does. The VM dies with its supervisor (PR_SET_PDEATHSIG).
+ARGS are the `micropython` command's own.
+"""
+
+import ctypes
+import fcntl
+import importlib
+import signal
+import sys
+import termios
+
+_PR_SET_PDEATHSIG = 1
+
+
+def main() -> int:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    unix_port = importlib.import_module("micropython_run")  # a CPython extension module
+    code: int = unix_port.run_main(["micropython", *sys.argv[1:]])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

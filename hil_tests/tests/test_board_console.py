@@ -1,0 +1,145 @@
+"""The stock mpremote against an emulated board's console, as against a USB board."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+from kommune.hil.fixtures import MakeBoard, board_repl, repl_exec
+from kommune.hil.harness import Board
+
+pytestmark = pytest.mark.micropython
+
+MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+
+
+def mpremote(board: Board, *args: str, timeout_s: float = 30.0) -> str:
+    proc = subprocess.run(
+        [MPREMOTE, "connect", board.console, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert proc.returncode == 0, f"mpremote {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout.replace("\r\n", "\n")
+
+
+def test_mpremote_exec_cp_ls_run_and_soft_reset(board: Board, tmp_path: Path) -> None:
+    assert mpremote(board, "exec", "print(6 * 7)") == "42\n"
+
+    (tmp_path / "config.txt").write_text("lamp-17\n")
+    mpremote(board, "fs", "cp", str(tmp_path / "config.txt"), ":config.txt")
+    listing = mpremote(board, "fs", "ls")
+    assert "config.txt" in listing and "boot.py" in listing
+
+    (tmp_path / "job.py").write_text("print(open('config.txt').read().strip(), 'from flash')\n")
+    assert mpremote(board, "run", str(tmp_path / "job.py")) == "lamp-17 from flash\n"
+
+    # A soft reset loses RAM, keeps the chip's reset cause (power-on) and the flash.
+    mpremote(board, "exec", "marker = 1")
+    out = mpremote(
+        board,
+        "soft-reset",
+        "+",
+        "exec",
+        "import machine; print('marker' in globals(), machine.reset_cause())",
+    )
+    assert out == "False 1\n"
+    assert "soft" in board.reset_kinds
+
+
+def test_a_copied_file_survives_a_power_cut_and_a_reset(board: Board, tmp_path: Path) -> None:
+    (tmp_path / "keys.bin").write_bytes(bytes(range(256)) * 8)
+    mpremote(board, "fs", "cp", str(tmp_path / "keys.bin"), ":keys.bin")
+
+    boots = board.boots
+    board.power_cut()
+    board.wait_booted(after=boots)
+    code = (
+        "import hashlib, binascii\n"
+        "print(binascii.hexlify(hashlib.sha256(open('keys.bin', 'rb').read()).digest()))"
+    )
+    want = hashlib.sha256(bytes(range(256)) * 8).hexdigest()
+    assert want in mpremote(board, "exec", code)
+
+    boots = board.boots
+    board.reset()
+    board.wait_booted(after=boots)
+    assert want in mpremote(board, "exec", code)
+    assert board.read_file("/keys.bin") == bytes(range(256)) * 8  # the host sees the same flash
+    assert board.reset_kinds.count("power_on") == 2 and "reset_pin" in board.reset_kinds
+
+
+def test_ctrl_c_interrupts_a_running_main_py(make_board: MakeBoard) -> None:
+    main = b"""
+import time
+print("main running")
+count = 0
+while True:
+    count += 1
+    time.sleep_ms(10)
+"""
+    board = make_board(files={"main.py": main})
+    deadline = time.monotonic() + 10
+    while "main running" not in board.console_output():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # Ctrl-C stops main.py and leaves its globals, as on a board ...
+    assert repl_exec(board, "print(count > 0)") == "True\n"
+    # ... and mpremote's soft reset comes back in the raw REPL without
+    # starting main.py again, so the REPL answers.
+    assert mpremote(board, "exec", "print('count' in globals())") == "False\n"
+
+
+def test_ctrl_c_is_data_when_the_firmware_disables_it(board: Board) -> None:
+    with board_repl(board) as repl:
+        repl.exec_raw_no_follow(
+            "import micropython, sys\n"
+            "micropython.kbd_intr(-1)\n"
+            "got = sys.stdin.buffer.read(3)\n"
+            "micropython.kbd_intr(3)\n"
+            "print(got)"
+        )
+        time.sleep(0.2)
+        repl.serial.write(b"a\x03b")
+        out, err = repl.follow(10)
+    assert (out, err) == (b"b'a\\x03b'\n", b"")
+
+
+def test_reboot_text_on_the_console(board: Board) -> None:
+    with serial.Serial(board.console, 115200, timeout=0.2) as port:
+        port.reset_input_buffer()
+        boots = board.boots
+        board.reset()
+        board.wait_booted(after=boots)
+        seen = b""
+        for _ in range(25):
+            seen += port.read(4096)
+            if seen.endswith(b">>> "):
+                break
+        port.write(b"\x04")  # Ctrl-D at the friendly REPL: a soft reboot
+        for _ in range(25):
+            seen += port.read(4096)
+            if b"MPY: soft reboot" in seen and seen.endswith(b">>> "):
+                break
+    text = seen.decode(errors="replace")
+    assert "rst:0x1 (POWERON_RESET)" in text
+    assert text.index("rst:0x1") < text.index("MPY: soft reboot") < text.rindex(">>> ")
+
+
+def test_the_firmware_gets_the_real_boards_free_heap(board: Board) -> None:
+    # The 64-bit VM's heap is sized in 32-bit words, so the firmware can hold
+    # as many objects as on the ESP32; the emulation's own modules are extra.
+    out = mpremote(
+        board, "exec", "import gc, sys\ngc.collect()\nprint(gc.mem_free(), sys.maxsize > 2**32)"
+    )
+    free, wide = out.split()
+    free_kb_32bit = int(free) / (2 if wide == "True" else 1) / 1024
+    assert 0.95 * board.profile.heap_kb <= free_kb_32bit <= 1.1 * board.profile.heap_kb

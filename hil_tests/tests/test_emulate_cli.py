@@ -1,0 +1,102 @@
+"""`kommune emulate`: ports for humans and scripts, clean exit on Ctrl-C, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+from kommune.hil import flash, profiles
+
+pytestmark = pytest.mark.micropython
+
+KOMMUNE = str(Path(sys.executable).with_name("kommune"))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_emulate_blank_json_console_and_clean_interrupt(tmp_path: Path) -> None:
+    image = tmp_path / "board.img"
+    proc = subprocess.Popen(
+        [KOMMUNE, "emulate", "--blank", "--json", "--flash", str(image)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())
+        assert set(ports) >= {"console", "link", "flash", "pid"}
+        vm_pids = _children(proc.pid)
+        assert ports["pid"] in vm_pids
+        with serial.Serial(ports["console"], 115200, timeout=0.2) as console:
+            console.write(b"\r\x03print('board', 6 * 7)\r")
+            seen = b""
+            deadline = time.monotonic() + 10
+            while b"board 42" not in seen and time.monotonic() < deadline:
+                seen += console.read(256)
+        assert b"board 42" in seen
+        with serial.Serial(ports["link"], 9600, timeout=0.2):
+            pass  # the node link opens like any serial port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert not [pid for pid in vm_pids if _alive(pid)], "VM processes outlived kommune emulate"
+    # --flash keeps the image: formatted on first boot, readable on the host.
+    assert flash.list_files(image, profiles.load("esp32").flash) == ["/boot.py"]
+
+
+def test_emulate_human_output(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [KOMMUNE, "emulate", "--blank"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    text = "".join(lines)
+    assert "console  /dev/pts/" in text and "link     /dev/pts/" in text and "(temporary)" in text
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nowhere"], "unknown node 'nowhere'"),
+        (["lamp", "--blank"], "NODE and --blank exclude each other"),
+        ([], "give NODE"),
+        (["--blank", "--board", "esp8266"], "unknown board 'esp8266'"),
+        (["--blank", "--flash", "/no/such/dir/x.img"], "does not exist"),
+    ],
+)
+def test_emulate_errors_are_one_line(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [KOMMUNE, "emulate", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
