@@ -19,9 +19,8 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 
 from kommune.edge.ble import BleakClientBumble, BleakScannerBumble, forget_cached_services
 from kommune.hil.fixtures import MakeBoard, repl_exec
-from kommune.hil.harness import Board, Rig
-from kommune.hil.radio import Air, running_air
-from kommune.hil.radio.board_ble_bridge import BoardBleBridge
+from kommune.hil.harness import Board
+from kommune.hil.radio import Air
 
 pytestmark = pytest.mark.micropython
 
@@ -165,21 +164,17 @@ def firmware() -> dict[str, bytes]:
 
 
 @pytest.fixture
-async def lock(rig: Rig, make_board: MakeBoard, firmware: dict[str, bytes]) -> AsyncIterator[Lock]:
-    """The board "lock" (with a radio, on an air) running `firmware`, and a phone."""
+async def lock(air: Air, make_board: MakeBoard, firmware: dict[str, bytes]) -> AsyncIterator[Lock]:
+    """The board "lock" (with a radio, on the air) running `firmware`, and a phone."""
     forget_cached_services(LOCK_ADDRESS)
-    async with running_air(seed=21) as air:
-        device = await air.add_device("lock", LOCK_ADDRESS)
-        edge = await air.add_device("edge")
-        board = make_board("lock", files=firmware, power_on=False)
-        bridge = rig.call(BoardBleBridge, board.emulated, device)
-        board.power_on()
-        await asyncio.to_thread(board.wait_booted)
-        try:
-            yield Lock(board, air, edge.transport)
-        finally:
-            await asyncio.to_thread(rig.run, bridge.aclose())
-    forget_cached_services(LOCK_ADDRESS)
+    device = await air.add_device("lock", LOCK_ADDRESS)
+    edge = await air.add_device("edge")
+    board = await asyncio.to_thread(make_board, "lock", files=firmware, radio=device)
+    assert board.ble is not None
+    try:
+        yield Lock(board, air, edge.transport)
+    finally:
+        forget_cached_services(LOCK_ADDRESS)
 
 
 async def session(lock: Lock, *, status_before: bytes = b"closed", lossy: bool = False) -> None:

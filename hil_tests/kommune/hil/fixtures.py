@@ -8,6 +8,10 @@
     def test_street(make_board):                  # boards made to order
         lamps = [make_board(f"lamp-{i}", files={"main.py": MAIN}) for i in range(3)]
 
+    async def test_lock(air, make_board):         # a board with a radio on the air
+        lock = make_board("lock", files=FIRMWARE, radio=await air.add_device("lock"))
+        phone = await air.add_device("phone")    # phone.transport: for the bleak backend
+
 Every fixture tears down cleanly: VMs killed and reaped, ptys closed, the
 rig's work directory removed -- and `rig` fails the test if a VM survived.
 """
@@ -15,7 +19,7 @@ rig's work directory removed -- and `rig` fails the test if a VM survived.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import pytest
 from mpremote.transport_serial import SerialTransport
 
 from kommune.hil.harness import Board, Rig
+from kommune.hil.radio import Air, AirDevice, running_air
 
 MakeBoard = Callable[..., Board]
 
@@ -54,7 +59,8 @@ def rig() -> Iterator[Rig]:
 @pytest.fixture
 def make_board(rig: Rig) -> MakeBoard:
     """make_board(name="board", profile="esp32", files=None, flash_path=None, ...) -> Board,
-    powered on and booted (unless power_on=False)."""
+    powered on and booted (unless power_on=False); with radio=<a device on the air> the
+    board's `bluetooth.BLE` is live and `board.ble` is its bridge."""
 
     def make(
         name: str = "board",
@@ -66,6 +72,7 @@ def make_board(rig: Rig) -> MakeBoard:
         seed: int = 0,
         power_on: bool = True,
         wait: bool = True,
+        radio: AirDevice | None = None,
     ) -> Board:
         b = rig.add_board(
             name,
@@ -75,12 +82,20 @@ def make_board(rig: Rig) -> MakeBoard:
             heap_kb=heap_kb,
             seed=seed,
             power_on=power_on,
+            radio=radio,
         )
         if power_on and wait:
             b.wait_booted()
         return b
 
     return make
+
+
+@pytest.fixture
+async def air() -> AsyncIterator[Air]:
+    """The virtual BLE radio (an air process) for this test, on the test's event loop."""
+    async with running_air(seed=0) as a:
+        yield a
 
 
 @pytest.fixture
@@ -131,4 +146,13 @@ def repl_start(board: Board, code: str) -> None:
         transport.close()
 
 
-__all__ = ["board", "board_repl", "boards", "make_board", "repl_exec", "repl_start", "rig"]
+__all__ = [
+    "air",
+    "board",
+    "board_repl",
+    "boards",
+    "make_board",
+    "repl_exec",
+    "repl_start",
+    "rig",
+]

@@ -26,6 +26,8 @@ from kommune.hil.emulated_board import EmulatedBoard
 from kommune.hil.models.pins import PinState
 from kommune.hil.models.pwm import PwmSetting
 from kommune.hil.profiles import DeviceSpec
+from kommune.hil.radio.board_ble_bridge import BoardBleBridge
+from kommune.hil.radio.client import AirDevice
 from kommune.hil.supervisor import Supervisor
 
 T = TypeVar("T")
@@ -39,6 +41,7 @@ class Rig:
         )
         self._thread.start()
         self.supervisor = Supervisor()
+        self._bridges: list[BoardBleBridge] = []
         self._closed = False
         try:
             self.run(self.supervisor.start())
@@ -69,7 +72,9 @@ class Rig:
         heap_kb: int | None = None,
         seed: int = 0,
         power_on: bool = True,
+        radio: AirDevice | None = None,
     ) -> Board:
+        """A new board; with `radio` (a device on an air) its `bluetooth.BLE` is live."""
         board = self.run(
             self.supervisor.add_board(
                 name,
@@ -78,10 +83,17 @@ class Rig:
                 files=files,
                 heap_kb=heap_kb,
                 seed=seed,
-                power_on=power_on,
+                power_on=power_on and radio is None,
             )
         )
-        return Board(self, board)
+        handle = Board(self, board)
+        if radio is not None:
+            # The bridge must be on the rig channel before the VM's first BLE call.
+            handle.ble = self.call(BoardBleBridge, board, radio)
+            self._bridges.append(handle.ble)
+            if power_on:
+                handle.power_on()
+        return handle
 
     def all_pids(self) -> list[int]:
         """Every VM process any board of this rig has started."""
@@ -92,6 +104,8 @@ class Rig:
             return
         self._closed = True
         try:
+            for bridge in self._bridges:
+                self.run(bridge.aclose(), timeout_s=10.0)
             self.run(self.supervisor.aclose(), timeout_s=30.0)
         finally:
             self._stop_loop()
@@ -144,6 +158,8 @@ class Board:
         self.pins = Pins(rig, board)
         self.profile = board.profile
         self.flash_path = board.flash_path
+        #: The board's radio (`bluetooth.BLE` bridged to the air), if it has one.
+        self.ble: BoardBleBridge | None = None
 
     # -- power ------------------------------------------------------------------
 
