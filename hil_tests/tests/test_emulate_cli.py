@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -100,3 +101,59 @@ def test_emulate_errors_are_one_line(args: list[str], message: str) -> None:
     assert proc.returncode == 2
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+ADVERTISE = """
+import bluetooth
+ble = bluetooth.BLE()
+ble.active(True)
+name = b"emulated-lock"
+ble.gap_advertise(50_000, b"\\x02\\x01\\x06" + bytes((len(name) + 1, 0x09)) + name)
+print("advertising", ble.config("mac")[1].hex())
+"""
+
+
+def _repl_exec(console: str, code: str) -> str:
+    from mpremote.transport_serial import SerialTransport
+
+    repl = SerialTransport(console, baudrate=115200)
+    try:
+        repl.enter_raw_repl(soft_reset=False)
+        out: bytes = repl.exec(code)
+        repl.exit_raw_repl()
+    finally:
+        repl.close()
+    return out.decode()
+
+
+async def test_emulate_radio_is_reachable_from_a_phone_host() -> None:
+    """A newcomer's path: emulate, advertise from the REPL, find the board with bleak."""
+    from bleak import BleakScanner
+
+    from kommune.edge.ble import BleakScannerBumble
+
+    proc = await asyncio.create_subprocess_exec(
+        KOMMUNE,
+        "emulate",
+        "--blank",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(await proc.stdout.readline())
+        radio = ports["radio"]
+        assert radio["host"].startswith("tcp-client:127.0.0.1:")
+        out = await asyncio.to_thread(_repl_exec, ports["console"], ADVERTISE)
+        mac = radio["address"].replace(":", "").lower()
+        assert f"advertising {mac}" in out
+        device = await BleakScanner.find_device_by_name(
+            "emulated-lock", timeout=10.0, backend=BleakScannerBumble, transport=radio["host"]
+        )
+        assert device is not None
+        assert device.address == radio["address"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()

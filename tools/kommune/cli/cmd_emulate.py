@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -16,6 +17,10 @@ EPILOG = """examples:
   kommune emulate --blank                   an empty ESP32 board; then: mpremote connect PORT
   kommune emulate lamp --flash lamp.img     a lamp node whose flash outlives this run
   kommune emulate --blank --json            one JSON object: {"console": ..., "link": ...}
+
+The board's radio is on a virtual BLE air; a phone or edge host reaches it through
+the printed HCI transport, e.g. with the edge's bleak backend:
+  KOMMUNE_BLE_TRANSPORT=tcp-client:127.0.0.1:PORT python my_phone_script.py
 """
 
 
@@ -45,6 +50,7 @@ def add_parser(sub: Any, name: str, summary: str) -> None:
         help="keep the flash image in PATH (default: temporary)",
     )
     p.add_argument("--heap", type=int, metavar="KB", help="heap size in KB (default: the board's)")
+    p.add_argument("--no-radio", action="store_true", help="no BLE: do not start the virtual air")
     p.add_argument("--json", action="store_true", help="print the ports as one JSON object")
     p.set_defaults(run=run)
 
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
     from kommune.hil.emulated_board import BoardError
     from kommune.hil.flash import FlashError
+    from kommune.hil.radio import AirError, running_air
+    from kommune.hil.radio.board_ble_bridge import BoardBleBridge
     from kommune.hil.supervisor import Supervisor
 
     stop = asyncio.Event()
@@ -78,13 +86,29 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     name = args.node or "blank"
-    async with Supervisor() as sup:
+    async with contextlib.AsyncExitStack() as stack:
+        radio: dict[str, str] | None = None
+        bridge: BoardBleBridge | None = None
         try:
+            sup = await stack.enter_async_context(Supervisor())
             board = await sup.add_board(
-                name, args.board, flash_path=args.flash, files=files, heap_kb=args.heap
+                name,
+                args.board,
+                flash_path=args.flash,
+                files=files,
+                heap_kb=args.heap,
+                power_on=args.no_radio,
             )
+            if not args.no_radio:
+                air = await stack.enter_async_context(running_air(seed=0))
+                device = await air.add_device(name)
+                host = await air.add_device("host")
+                bridge = BoardBleBridge(board, device)
+                stack.push_async_callback(bridge.aclose)
+                radio = {"address": device.address, "air": air.control, "host": host.transport}
+                board.power_on()
             await board.wait_booted(timeout_s=30.0)
-        except (FlashError, BoardError) as e:
+        except (FlashError, BoardError, AirError) as e:
             raise CliError(str(e).splitlines()[0]) from e
         ports = {
             "node": args.node,
@@ -95,6 +119,7 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
             "flash": str(board.flash_path),
             "flash_kept": args.flash is not None,
             "pid": board.pid,
+            "radio": radio,
         }
         if args.json:
             print(json.dumps(ports), flush=True)
@@ -109,10 +134,16 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
 def _human(ports: dict[str, Any], description: str) -> str:
     what = f"node {ports['node']}" if ports["node"] else "blank board"
     flash = ports["flash"] + ("" if ports["flash_kept"] else " (temporary)")
-    return (
-        f"emulated {ports['board']} {what}: {description}\n"
-        f"  console  {ports['console']}   (REPL; e.g. mpremote connect {ports['console']})\n"
-        f"  link     {ports['link']}   (UART{ports['link_uart']}, the node link)\n"
-        f"  flash    {flash}\n"
-        "Ctrl-C stops the board."
-    )
+    radio = ports["radio"]
+    lines = [
+        f"emulated {ports['board']} {what}: {description}",
+        f"  console  {ports['console']}   (REPL; e.g. mpremote connect {ports['console']})",
+        f"  link     {ports['link']}   (UART{ports['link_uart']}, the node link)",
+        f"  flash    {flash}",
+    ]
+    if radio is not None:
+        lines += [
+            f"  radio    BLE {radio['address']} on the virtual air {radio['air']}",
+            f"  host     {radio['host']}   (HCI for a phone or edge: KOMMUNE_BLE_TRANSPORT)",
+        ]
+    return "\n".join([*lines, "Ctrl-C stops the board."])
