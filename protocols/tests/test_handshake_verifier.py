@@ -38,6 +38,7 @@ from kommune.protocols.lock_wire import (
     RIGHT_ADMIN,
     RIGHT_LOCK,
     RIGHT_UNLOCK,
+    is_op,
 )
 
 LOCK = 1017
@@ -146,6 +147,16 @@ class LockMachine(RuleBasedStateMachine):
             self._failed()
         return v.status
 
+    @staticmethod
+    def _named_challenge(msg: bytes) -> bytes | None:
+        # The challenge nonce a REQUEST names, if its header decodes (type, size,
+        # op): such a message uses the challenge up, whoever sends it and when.
+        # A message refused while rate limited never reached that point, so its
+        # replay after the back-off still consumes the challenge.
+        if len(msg) == hs.REQUEST_BYTES and msg[0] == MSG_REQUEST and is_op(msg[1]):
+            return msg[2:18]
+        return None
+
     def _fresh_nonce(self) -> bytes:
         self.counter += 1
         return hashlib.sha256(self.counter.to_bytes(4, "big")).digest()[:16]
@@ -196,7 +207,7 @@ class LockMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def replay(self, data: st.DataObject) -> None:
         msg = data.draw(st.sampled_from(self.sent))
-        self._send(msg, None, None)
+        self._send(msg, self._named_challenge(msg), None)
 
     @precondition(lambda self: self.challenges)
     @rule(data=st.data(), proof=st.binary(min_size=16, max_size=16))
@@ -230,7 +241,7 @@ class LockMachine(RuleBasedStateMachine):
 
     @rule(junk=st.binary(max_size=120))
     def junk(self, junk: bytes) -> None:
-        self._send(junk, junk[2:18] if junk[:1] == b"\x02" and len(junk) == 92 else None, None)
+        self._send(junk, self._named_challenge(junk), None)
 
     # --- invariants ----------------------------------------------------------
 

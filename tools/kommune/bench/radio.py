@@ -24,7 +24,7 @@ from bumble import hci
 from kommune.bench import report
 from kommune.edge.ble import BleakClientBumble, forget_cached_services, hold_host
 from kommune.hil.radio import AirError, running_air
-from kommune.hil.radio.echo import ECHO_CHAR
+from kommune.hil.radio.echo import ECHO_CHAR, ECHO_SERVICE
 
 ROUND_TRIPS = 200
 CONNECTS = 5
@@ -70,13 +70,82 @@ async def _measure(round_trips: int, connects: int) -> dict[str, float]:
         raise report.BenchError(f"virtual air: {e}") from e
 
 
+# The echo peripheral as firmware on an emulated board, written against
+# `bluetooth.BLE` as for an ESP32: the IRQ copies the write, a task notifies it back.
+ECHO_FIRMWARE = f"""
+import asyncio
+import bluetooth
+
+ble = bluetooth.BLE()
+ble.active(True)
+((echo,),) = ble.gatts_register_services(
+    ((bluetooth.UUID("{ECHO_SERVICE}"), ((bluetooth.UUID("{ECHO_CHAR}"), 0x0018),)),)
+)
+ble.gatts_set_buffer(echo, 64)
+flag = asyncio.ThreadSafeFlag()
+writes = []
+
+
+def advertise():
+    ble.gap_advertise(20_000, b"\\x02\\x01\\x06\\x0b\\x09echo-board")
+
+
+def irq(event, data):
+    if event == 3:  # _IRQ_GATTS_WRITE
+        writes.append((data[0], ble.gatts_read(data[1])))
+        flag.set()
+    elif event == 2:  # _IRQ_CENTRAL_DISCONNECT
+        advertise()
+
+
+async def main():
+    ble.irq(irq)
+    advertise()
+    while True:
+        await flag.wait()
+        while writes:
+            conn, value = writes.pop(0)
+            ble.gatts_notify(conn, echo, value)
+
+
+asyncio.run(main())
+"""
+
+
+def measure_board_gatt_rtt_ms(round_trips: int = ROUND_TRIPS) -> float:
+    """The same round trip, answered by firmware on an emulated board (the VM's share too)."""
+    return asyncio.run(_measure_board(round_trips))
+
+
+async def _measure_board(round_trips: int) -> float:
+    from kommune.hil.harness import Rig
+
+    try:
+        async with running_air(seed=2) as air:
+            device = await air.add_device("echo-board")
+            edge = await air.add_device("edge")
+            with Rig() as rig:
+                board = await asyncio.to_thread(
+                    rig.add_board,
+                    "echo-board",
+                    files={"main.py": ECHO_FIRMWARE.encode()},
+                    radio=device,
+                )
+                await asyncio.to_thread(board.wait_booted)
+                async with hold_host(edge.transport):
+                    bench = _Bench(edge.transport, device.address)
+                    return statistics.median(await bench.round_trips_ms(round_trips))
+    except AirError as e:
+        raise report.BenchError(f"virtual air: {e}") from e
+
+
 class _Bench:
     """The edge side: bleak on the Bumble backend, on the air device `transport`."""
 
-    def __init__(self, transport: str) -> None:
+    def __init__(self, transport: str, address: str = LOCK_ADDRESS) -> None:
         self.transport = transport
-        public = hci.Address(LOCK_ADDRESS, hci.Address.PUBLIC_DEVICE_ADDRESS)
-        self.target = BLEDevice(LOCK_ADDRESS, LOCK_NAME, public)
+        public = hci.Address(address, hci.Address.PUBLIC_DEVICE_ADDRESS)
+        self.target = BLEDevice(address, LOCK_NAME, public)
 
     def client(self) -> BleakClient:
         return BleakClient(self.target, backend=BleakClientBumble, transport=self.transport)
