@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import pytest
 from bleak import BleakClient, BleakScanner
-from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakBluetoothNotAvailableError, BleakError
 from bumble import hci
@@ -19,6 +18,7 @@ from kommune.edge.ble import (
     BleakClientBumble,
     BleakScannerBumble,
     BumbleDisconnectedError,
+    NotificationQueue,
     NoTransportError,
     forget_cached_services,
     hold_host,
@@ -73,18 +73,6 @@ def client(rig: Rig, target: BLEDevice | str, **kwargs: object) -> BleakClient:
     return BleakClient(
         target, backend=BleakClientBumble, transport=rig.edge_transport, timeout=5.0, **kwargs
     )
-
-
-class Notifications:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def __call__(self, _characteristic: BleakGATTCharacteristic, data: bytearray) -> None:
-        self.queue.put_nowait(bytes(data))
-
-    async def next(self) -> bytes:
-        async with asyncio.timeout(5):
-            return await self.queue.get()
 
 
 async def test_scan_reports_name_services_manufacturer_data_and_rssi(rig: Rig) -> None:
@@ -146,7 +134,7 @@ async def test_gatt_session_mtu_discovery_read_write_notify_disconnect(rig: Rig)
         (description,) = info.descriptors
         assert await c.read_gatt_descriptor(description) == INFO_DESCRIPTION
 
-        notifications = Notifications()
+        notifications = NotificationQueue()
         await c.start_notify(echo, notifications)
         await c.write_gatt_char(echo, b"open sesame", response=True)
         assert await notifications.next() == b"open sesame"
@@ -211,7 +199,7 @@ async def test_round_trip_pays_at_least_the_connection_interval(rig: Rig) -> Non
     await rig.air.set_link("edge", "lock", interval_ms=30)
     lock = await find_lock(rig)
     async with client(rig, lock) as c:
-        notifications = Notifications()
+        notifications = NotificationQueue()
         await c.start_notify(ECHO_CHAR, notifications)
         for i in range(5):
             started = time.perf_counter()
@@ -225,7 +213,7 @@ async def test_round_trips_complete_under_loss_by_retransmission(rig: Rig) -> No
     await rig.air.set_link("edge", "lock", interval_ms=7.5, loss=0.3)
     lock = await find_lock(rig)
     async with client(rig, lock) as c:
-        notifications = Notifications()
+        notifications = NotificationQueue()
         await c.start_notify(ECHO_CHAR, notifications)
         for i in range(20):
             await c.write_gatt_char(ECHO_CHAR, b"lossy %d" % i, response=True)

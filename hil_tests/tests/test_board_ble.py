@@ -15,9 +15,13 @@ from typing import Any
 
 import pytest
 from bleak import BleakClient, BleakScanner
-from bleak.backends.characteristic import BleakGATTCharacteristic
 
-from kommune.edge.ble import BleakClientBumble, BleakScannerBumble, forget_cached_services
+from kommune.edge.ble import (
+    BleakClientBumble,
+    BleakScannerBumble,
+    NotificationQueue,
+    forget_cached_services,
+)
 from kommune.hil.fixtures import MakeBoard, repl_exec
 from kommune.hil.harness import Board
 from kommune.hil.radio import Air
@@ -116,18 +120,6 @@ asyncio.run(Lock(bluetooth.BLE()).run())
 """).substitute(service=SERVICE, command=COMMAND, status=STATUS, audit=AUDIT, name=NAME)
 
 
-class Notifications:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def __call__(self, _characteristic: BleakGATTCharacteristic, data: bytearray) -> None:
-        self.queue.put_nowait(bytes(data))
-
-    async def next(self) -> bytes:
-        async with asyncio.timeout(5):
-            return await self.queue.get()
-
-
 @dataclass
 class Lock:
     board: Board
@@ -183,7 +175,7 @@ async def session(lock: Lock, *, status_before: bytes = b"closed", lossy: bool =
     async with lock.client(device) as c:
         assert c.mtu_size == 256
         assert await c.read_gatt_char(STATUS) == status_before
-        status, audit = Notifications(), Notifications()
+        status, audit = NotificationQueue(), NotificationQueue()
         await c.start_notify(STATUS, status)
         await c.start_notify(AUDIT, audit)
 

@@ -23,6 +23,7 @@ from bumble import hci
 from kommune.edge.ble import (
     BleakClientBumble,
     BleakScannerBumble,
+    NotificationQueue,
     forget_cached_services,
     hold_host,
 )
@@ -103,18 +104,6 @@ class Events:
     async def assert_quiet(self) -> None:
         await asyncio.sleep(0.05)
         assert self.queue.empty(), self.queue.get_nowait()
-
-
-class Notifications:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def __call__(self, _characteristic: BleakGATTCharacteristic, data: bytearray) -> None:
-        self.queue.put_nowait(bytes(data))
-
-    async def next(self) -> bytes:
-        async with asyncio.timeout(5):
-            return await self.queue.get()
 
 
 @dataclass
@@ -283,7 +272,7 @@ async def test_notifications_and_indications(rig: Rig) -> None:
     await rig.boot()
     async with rig.client() as c:
         conn = await rig.connected()
-        status, audit = Notifications(), Notifications()
+        status, audit = NotificationQueue(), NotificationQueue()
         await c.start_notify(STATUS, status)
         await c.start_notify(AUDIT, audit)
 
@@ -330,7 +319,7 @@ async def test_an_indication_cut_off_by_the_link_fails_before_the_disconnect(rig
     await rig.boot()
     async with rig.client() as c:
         conn = await rig.connected()
-        await c.start_notify(AUDIT, Notifications())
+        await c.start_notify(AUDIT, NotificationQueue())
         await rig.air.arm_cut("edge", "board", att_opcode=ATT_HANDLE_VALUE_INDICATION)
         rig.ble.gatts_indicate(conn, rig.audit, b"lost")
         done = await rig.events.next(IRQ_GATTS_INDICATE_DONE)
@@ -360,7 +349,7 @@ async def test_a_gatt_session_over_a_slow_lossy_link(rig: Rig) -> None:
     assert device is not None
     async with rig.client(device) as c:
         conn = await rig.connected()
-        status, audit = Notifications(), Notifications()
+        status, audit = NotificationQueue(), NotificationQueue()
         await c.start_notify(STATUS, status)
         await c.start_notify(AUDIT, audit)
         for i in range(8):

@@ -26,6 +26,7 @@ from bleak.backends.scanner import BaseBleakScanner
 from kommune.edge.ble.client import BleakClientBumble, BumbleDisconnectedError
 from kommune.edge.ble.gatt import forget as forget_cached_services
 from kommune.edge.ble.host import hold_host
+from kommune.edge.ble.notifications import NotificationQueue
 from kommune.edge.ble.scanner import BleakScannerBumble
 from kommune.edge.ble.transport import TRANSPORT_ENV, NoTransportError, configured_transport
 
@@ -54,6 +55,7 @@ __all__ = [
     "BleakScannerBumble",
     "BumbleDisconnectedError",
     "NoTransportError",
+    "NotificationQueue",
     "forget_cached_services",
     "hold_host",
     "select_backend",
