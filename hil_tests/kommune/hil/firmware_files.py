@@ -49,8 +49,9 @@ def node_files(node: str) -> dict[str, bytes]:
     app = _tree(FIRMWARE_ROOT / node, "/")
     if "/main.py" not in app:
         raise FirmwareError(f"firmware/{node} has no main.py yet; use --blank for an empty board")
-    return {
-        **app,
-        **_tree(FIRMWARE_ROOT / "common", "/lib/common/"),
-        **_tree(PROTOCOLS_PACKAGE, "/lib/kommune/protocols/"),
-    }
+    return {**app, **_tree(FIRMWARE_ROOT / "common", "/lib/common/"), **protocol_files()}
+
+
+def protocol_files() -> dict[str, bytes]:
+    """Board path -> content for the shared wire protocols (`kommune.protocols`)."""
+    return _tree(PROTOCOLS_PACKAGE, "/lib/kommune/protocols/")

@@ -29,6 +29,7 @@ from kommune.hil.profiles import DeviceSpec
 from kommune.hil.radio.board_ble_bridge import BoardBleBridge
 from kommune.hil.radio.client import AirDevice
 from kommune.hil.supervisor import Supervisor
+from kommune.hil.uartlink import LineNoise
 
 T = TypeVar("T")
 
@@ -221,6 +222,10 @@ class Board:
 
     def set_voltage(self, pin: int, volts: float) -> None:
         self._rig.call(self.emulated.hw.adc.set_voltage, pin, volts)
+
+    def link_noise(self, drop: float = 0.0, flip: float = 0.0, seed: int = 0) -> LineNoise:
+        """Seeded faults on the node-link UART, both ways: lost bytes, flipped bits."""
+        return self._rig.call(self.emulated.hw.link.set_noise, drop, flip, seed)
 
     def add_device(self, model: str, **options: Any) -> Any:
         """Wire another peripheral model to the board, e.g. ("qmc5883l", scl=22, sda=21)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 
 from kommune.hil.ptys import ClientPort
@@ -74,6 +75,39 @@ class PacedLine:
                 await asyncio.sleep(max(0.0005, wait))
 
 
+class LineNoise:
+    """Seeded line faults on bytes as they cross: dropped bytes and flipped bits.
+
+    `drop` is the chance a byte is lost (a framing error the receiver
+    discards); `flip` the chance a byte arrives with one bit inverted (noise
+    the UART cannot see). Both 0.0 is a clean line.
+    """
+
+    def __init__(self, drop: float = 0.0, flip: float = 0.0, seed: int = 0) -> None:
+        if not (0.0 <= drop <= 1.0 and 0.0 <= flip <= 1.0):
+            raise ValueError("drop and flip are probabilities in 0..1")
+        self.drop = drop
+        self.flip = flip
+        self._random = random.Random(seed)
+        self.dropped = 0
+        self.flipped = 0
+
+    def apply(self, data: bytes) -> bytes:
+        if not (self.drop or self.flip):
+            return data
+        out = bytearray()
+        for byte in data:
+            if self._random.random() < self.drop:
+                self.dropped += 1
+                continue
+            error = 0
+            if self._random.random() < self.flip:
+                error = 1 << self._random.randrange(8)
+                self.flipped += 1
+            out.append(byte ^ error)
+        return bytes(out)
+
+
 class UartLink:
     def __init__(self, loop: asyncio.AbstractEventLoop, uart_id: int) -> None:
         self.uart_id = uart_id
@@ -86,7 +120,8 @@ class UartLink:
         self.stop = 1
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self.tx = PacedLine(self.char_seconds, self._port.write)  # firmware -> pty
+        self.noise = LineNoise()
+        self.tx = PacedLine(self.char_seconds, self._to_client)  # firmware -> pty
         self.rx = PacedLine(self.char_seconds, self._to_vm)  # pty -> firmware
         self._tasks = [loop.create_task(self.tx.run()), loop.create_task(self.rx.run())]
         loop.add_reader(self._port.master, self._on_client)
@@ -99,6 +134,11 @@ class UartLink:
         if baudrate <= 0 or bits not in (5, 6, 7, 8) or stop not in (1, 2):
             raise ValueError("invalid UART frame")
         self.baudrate, self.bits, self.parity, self.stop = baudrate, bits, parity, stop
+
+    def set_noise(self, drop: float = 0.0, flip: float = 0.0, seed: int = 0) -> LineNoise:
+        """Faults on this line from now on, both directions (0, 0: clean again)."""
+        self.noise = LineNoise(drop, flip, seed)
+        return self.noise
 
     def tx_done(self) -> bool:
         return not self.tx.pending
@@ -130,8 +170,14 @@ class UartLink:
             self.tx.put(data)
 
     def _to_vm(self, data: bytes) -> None:
-        if self._writer is not None and not self._writer.is_closing():
+        data = self.noise.apply(data)
+        if data and self._writer is not None and not self._writer.is_closing():
             self._writer.write(data)
+
+    def _to_client(self, data: bytes) -> None:
+        data = self.noise.apply(data)
+        if data:
+            self._port.write(data)
 
     # -- the client's pty ---------------------------------------------------
 
