@@ -38,7 +38,6 @@ def _issue(authority: TokenAuthority, **over: int) -> IssuedToken:
         "not_before_s": START,
         "not_after_s": START + 3600,
         "rights": RIGHT_UNLOCK | RIGHT_LOCK,
-        "epoch": 3,
     }
     args.update(over)
     return authority.issue(**args)
@@ -58,14 +57,13 @@ def test_minted_token_matches_the_lock_implementation(
 ) -> None:
     token_id, holder, lock = token_holder_lock
     # cryptography's HMAC (authority) and hashlib-only HMAC (lock) agree.
-    authority = TokenAuthority(SITE, new_token_id=lambda: token_id)
+    authority = TokenAuthority(SITE, epochs={lock: 5}, new_token_id=lambda: token_id)
     issued = authority.issue(
         holder_id=holder,
         lock_id=lock,
         not_before_s=start,
         not_after_s=start + length,
         rights=rights,
-        epoch=5,
     )
     key = HmacKey(derive_lock_keys(SITE, lock).token_key)
     tok = T.verify(issued.token, key, lock, now_s=start, epoch=5, right=0)
@@ -78,20 +76,21 @@ def test_golden_token_is_what_the_authority_mints() -> None:
     doc = json.loads((VECTORS_DIR / "token.json").read_text())
     case = next(c for c in doc["cases"] if c["name"] == "visit_token_unlock_lock")
     f = case["fields"]
-    authority = TokenAuthority(SITE, new_token_id=lambda: f["token_id"])
+    authority = TokenAuthority(
+        SITE, epochs={f["lock_id"]: f["epoch"]}, new_token_id=lambda: f["token_id"]
+    )
     issued = authority.issue(
         holder_id=f["holder_id"],
         lock_id=f["lock_id"],
         not_before_s=f["not_before_s"],
         not_after_s=f["not_after_s"],
         rights=f["rights"],
-        epoch=f["epoch"],
     )
     assert issued.token.hex() == case["hex"]
 
 
 def test_a_phone_opens_the_lock_with_an_issued_token() -> None:
-    issued = _issue(TokenAuthority(SITE))
+    issued = _issue(TokenAuthority(SITE, epochs={1017: 3}))
     lk = derive_lock_keys(SITE, 1017)
     lock = LockVerifier(1017, lk.token_key, lk.edge_key, 3, AuditLog(lk.audit_key, 1017))
     holder = HolderSession(issued.token, issued.session_key)
@@ -123,7 +122,6 @@ def test_token_ids_are_random_and_nonzero() -> None:
         {"rights": 0x10},
         {"holder_id": 0},
         {"lock_id": 0},
-        {"epoch": 2**32},
     ],
 )
 def test_bad_requests_are_refused(over: dict[str, int]) -> None:
@@ -155,3 +153,17 @@ def test_rights_by_name() -> None:
     assert rights_text(parse_rights("admin,lock")) == "lock,admin"
     with pytest.raises(TokenAuthorityError, match="unknown right 'open'"):
         parse_rights("unlock,open")
+
+
+def test_the_authority_mints_only_at_the_lock_epoch() -> None:
+    # Reviewer: a caller-given epoch (a typo, or 2**32 - 1) revoked every
+    # live token for good. Now the authority owns the epoch; it only goes up.
+    authority = TokenAuthority(SITE, epochs={1017: 3})
+    assert _issue(authority).epoch == 3 and _issue(authority, lock_id=1018).epoch == 0
+    assert authority.revoke_all(1017) == 4 and _issue(authority).epoch == 4
+    with pytest.raises(TokenAuthorityError, match="un-revoke"):
+        authority.set_epoch(1017, 3)
+    with pytest.raises(TokenAuthorityError, match="not a u32"):
+        authority.set_epoch(1017, 2**32)
+    authority.set_epoch(1017, 9)
+    assert authority.epoch(1017) == 9

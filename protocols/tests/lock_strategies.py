@@ -57,7 +57,7 @@ entries = st.builds(
     audit.AuditEntry,
     seq=ids,
     time_s=u32s,
-    event=st.integers(1, 5),
+    event=st.integers(1, 7),
     op=st.integers(0, 255),
     status=statuses,
     holder_id=u32s,
@@ -66,4 +66,4 @@ entries = st.builds(
     prev_hash=tags,
     mac=tags,
 )
-acks = st.builds(audit.Ack, u32s, tags)
+acks = st.builds(audit.Ack, u32s, tags, tags)

@@ -181,7 +181,7 @@ def test_result_before_request_is_refused() -> None:
 @given(keys, st.sampled_from([CMD_TIME_SET, CMD_EPOCH_SET]), st.integers(0, 2**32 - 1))
 def test_edge_command_matches_lock_md(edge_key: bytes, cmd: int, value: int) -> None:
     challenge = hs.Challenge(7, 50, 0, b"L" * 16).encode()
-    command = EdgeSession(edge_key, 7).command(challenge, cmd, value, b"E" * 16)
+    command = EdgeSession(edge_key, 7).command(challenge, cmd, value, b"E" * 16, now_s=60)
     body = bytes([5, cmd]) + b"L" * 16 + b"E" * 16 + struct.pack(">I", value)
     assert command == body + _hmac16(edge_key, b"CMD1", struct.pack(">I", 7), body)
 
@@ -189,3 +189,22 @@ def test_edge_command_matches_lock_md(edge_key: bytes, cmd: int, value: int) -> 
 def test_peer_keys_must_be_32_bytes() -> None:
     with pytest.raises(ProtocolError, match=BAD_LENGTH):
         EdgeSession(bytes(16), 7)
+
+
+def test_peers_refuse_a_challenge_from_a_far_clock() -> None:
+    # A held-back challenge (or a lock far off) shows in its clock: the edge
+    # always checks, a phone when it trusts its own clock.
+    challenge = hs.Challenge(7, 100_000, 0, b"L" * 16).encode()
+    edge = EdgeSession(bytes(32), 7)
+    with pytest.raises(ProtocolError, match=BAD_VALUE):
+        edge.command(challenge, CMD_TIME_SET, 200_000, b"E" * 16, now_s=200_000)
+    edge.command(challenge, CMD_TIME_SET, 200_000, b"E" * 16, now_s=200_000, max_skew_s=10**6)
+    edge.command(challenge, CMD_TIME_SET, 103_600, b"E" * 16, now_s=103_600)
+    tok = T.Token(
+        token_id=1, holder_id=2, lock_id=7, not_before_s=0, not_after_s=1, rights=1, epoch=0
+    )
+    holder = HolderSession(T.sign(HmacKey(bytes(32)), tok), bytes(32))
+    holder.request(challenge, 1, b"h" * 16)  # no clock of its own: no check
+    with pytest.raises(ProtocolError, match=BAD_VALUE):
+        holder.request(challenge, 1, b"h" * 16, now_s=100_301)
+    holder.request(challenge, 1, b"h" * 16, now_s=100_300)

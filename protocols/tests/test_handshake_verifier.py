@@ -16,9 +16,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from kommune.protocols import audit
 from kommune.protocols import handshake as hs
 from kommune.protocols import token as T
-from kommune.protocols.audit import EVENT_ACCESS, EVENT_COMMAND, AuditLog, decode_entry, encode_ack
+from kommune.protocols.audit import EVENT_ACCESS, EVENT_COMMAND, AuditLog, decode_entry
 from kommune.protocols.errors import (
     BAD_VALUE,
     RATE_LIMITED,
@@ -116,6 +117,13 @@ class LockMachine(RuleBasedStateMachine):
         self.failures = [*self.failures, self.now_ms][-MAX_FAILURES:]
         if len(self.failures) == MAX_FAILURES and self.now_ms - self.failures[0] <= WINDOW_MS:
             self.failures, self.blocked_at = [], self.now_ms
+            self.outstanding.clear()  # a back-off uses up every challenge
+
+    def _expire(self) -> None:
+        # The lock keeps no challenge older than the relay bound.
+        for nonce, issued in list(self.outstanding.items()):
+            if self.now_ms - issued > RELAY_BOUND_MS:
+                del self.outstanding[nonce]
 
     def _send(self, msg: bytes, consumes: bytes | None, expect: str | None) -> str:
         # consumes: the nonce the lock must use up (if outstanding); expect:
@@ -127,6 +135,7 @@ class LockMachine(RuleBasedStateMachine):
         if blocked:
             assert v.status == RATE_LIMITED, v
             assert self.log.next_seq == seq, "a refused message costs no log entry"
+            self.outstanding.clear()  # ... but it uses up every challenge
             return v.status
         if consumes is not None and consumes in self.outstanding:
             issued = self.outstanding.pop(consumes)
@@ -145,14 +154,15 @@ class LockMachine(RuleBasedStateMachine):
             self.accepted.add(consumes)  # type: ignore[arg-type]
         else:
             self._failed()
+        self._expire()
         return v.status
 
     @staticmethod
     def _named_challenge(msg: bytes) -> bytes | None:
         # The challenge nonce a REQUEST names, if its header decodes (type, size,
         # op): such a message uses the challenge up, whoever sends it and when.
-        # A message refused while rate limited never reached that point, so its
-        # replay after the back-off still consumes the challenge.
+        # (A message refused while rate limited is not decoded, but the refusal
+        # drops every outstanding challenge, so its replay finds none.)
         if len(msg) == hs.REQUEST_BYTES and msg[0] == MSG_REQUEST and is_op(msg[1]):
             return msg[2:18]
         return None
@@ -167,6 +177,7 @@ class LockMachine(RuleBasedStateMachine):
     def challenge(self) -> None:
         nonce = self._fresh_nonce()
         self.challenges[nonce] = self.lock.challenge(nonce, self.now_ms, VISIT)
+        self._expire()
         self.outstanding[nonce] = self.now_ms
         while len(self.outstanding) > MAX_CHALLENGES:
             del self.outstanding[next(iter(self.outstanding))]
@@ -312,16 +323,22 @@ def test_edge_commands_time_and_epoch() -> None:
     lock, log = _lock()
     edge = EdgeSession(EDGE_KEY, LOCK)
     v = lock.respond(
-        edge.command(_challenge(lock, b"a" * 16), CMD_TIME_SET, VISIT + 7, b"e" * 16), 1010, VISIT
+        edge.command(_challenge(lock, b"a" * 16), CMD_TIME_SET, VISIT + 7, b"e" * 16, now_s=VISIT),
+        1010,
+        VISIT,
     )
     assert v.ok and v.op == CMD_TIME_SET and v.value == VISIT + 7 and not v.epoch_changed
     assert edge.result(v.reply).ok
     v = lock.respond(
-        edge.command(_challenge(lock, b"b" * 16), CMD_EPOCH_SET, 9, b"e" * 16), 1010, VISIT
+        edge.command(_challenge(lock, b"b" * 16), CMD_EPOCH_SET, 9, b"e" * 16, now_s=VISIT),
+        1010,
+        VISIT,
     )
     assert v.ok and v.epoch_changed and lock.epoch == 9
     v = lock.respond(
-        edge.command(_challenge(lock, b"c" * 16), CMD_EPOCH_SET, 8, b"e" * 16), 1010, VISIT
+        edge.command(_challenge(lock, b"c" * 16), CMD_EPOCH_SET, 8, b"e" * 16, now_s=VISIT),
+        1010,
+        VISIT,
     )
     reply = edge.result(v.reply)
     assert reply.authenticated and reply.status == BAD_VALUE and lock.epoch == 9
@@ -338,7 +355,9 @@ def test_holder_session_key_cannot_command() -> None:
     lock, _ = _lock()
     edge = EdgeSession(SESSION, LOCK)
     v = lock.respond(
-        edge.command(_challenge(lock, b"a" * 16), CMD_TIME_SET, 1, b"e" * 16), 1010, VISIT
+        edge.command(_challenge(lock, b"a" * 16), CMD_TIME_SET, 1, b"e" * 16, now_s=VISIT),
+        1010,
+        VISIT,
     )
     assert v.status == "bad_tag"
 
@@ -348,12 +367,13 @@ def test_ack_prunes_the_log_through_the_verifier() -> None:
     for i in range(3):
         msg = HolderSession(TOKEN, SESSION).request(_challenge(lock, bytes([i]) * 16), 1, b"h" * 16)
         assert lock.respond(msg, 1010, VISIT).ok
-    v = lock.respond(encode_ack(HmacKey(EDGE_KEY), LOCK, 2), 1020, VISIT)
+    h2 = audit.entry_hash(log.entries[1])
+    v = lock.respond(audit.encode_ack(HmacKey(EDGE_KEY), LOCK, 2, h2), 1020, VISIT)
     assert v.ok and v.kind == MSG_AUDIT_ACK and v.value == 2
     assert [decode_entry(e).seq for e in log.entries] == [3]
-    v = lock.respond(encode_ack(HmacKey(EDGE_KEY), LOCK, 9), 1030, VISIT)
+    v = lock.respond(audit.encode_ack(HmacKey(EDGE_KEY), LOCK, 9, h2), 1030, VISIT)
     assert v.status == BAD_VALUE and len(log.entries) == 1  # never prune what was not written
-    v = lock.respond(encode_ack(HmacKey(TOKEN_KEY), LOCK, 3), 1040, VISIT)
+    v = lock.respond(audit.encode_ack(HmacKey(TOKEN_KEY), LOCK, 3, h2), 1040, VISIT)
     assert v.status == "bad_tag" and len(log.entries) == 1
 
 

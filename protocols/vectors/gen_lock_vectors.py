@@ -69,14 +69,13 @@ def _mint(
     rights: int = RIGHT_UNLOCK | RIGHT_LOCK,
     epoch: int = EPOCH,
 ) -> tuple[bytes, bytes]:
-    authority = TokenAuthority(SITE_KEY, new_token_id=lambda: token_id)
+    authority = TokenAuthority(SITE_KEY, epochs={lock_id: epoch}, new_token_id=lambda: token_id)
     t = authority.issue(
         holder_id=HOLDER,
         lock_id=lock_id,
         not_before_s=NOT_BEFORE,
         not_after_s=NOT_AFTER,
         rights=rights,
-        epoch=epoch,
     )
     return t.token, t.session_key
 
@@ -294,6 +293,10 @@ class Script:
         self.challenges.append(msg)
         return msg
 
+    def tick(self, now_ms: int) -> None:
+        self.steps.append({"tick": now_ms})
+        self.lock.tick(now_ms)
+
     def send(self, msg: bytes, now_ms: int, clock_s: int = VISIT) -> str:
         self.steps.append({"respond": msg.hex(), "now_ms": now_ms, "clock_s": clock_s})
         v = self.lock.respond(msg, now_ms, clock_s)
@@ -318,7 +321,7 @@ def _request(
 
 
 def _command(challenge: bytes, cmd: int, value: int, key: bytes = KEYS.edge_key) -> bytes:
-    return EdgeSession(key, LOCK).command(challenge, cmd, value, EDGE_NONCE)
+    return EdgeSession(key, LOCK).command(challenge, cmd, value, EDGE_NONCE, now_s=VISIT)
 
 
 def handshake_cases() -> list[Case]:
@@ -531,6 +534,7 @@ def handshake_cases() -> list[Case]:
         "cmd": CMD_TIME_SET,
         "value": VISIT + 5,
         "edge_nonce": EDGE_NONCE.hex(),
+        "now_s": VISIT,
         "reply": reply.hex(),
     }
     cases.append(_op_case(a, "transcript_time_set_edge_side", "edge", edge_args, None))
@@ -551,6 +555,70 @@ def handshake_cases() -> list[Case]:
     ch = s.challenge(bytes(range(16)), 2000)
     s.send(_command(ch, CMD_TIME_SET, VISIT), 2600)
     cases.append(s.case("command_forged_then_late", ["bad_tag", "too_late"]))
+    cases += review_cases()
+    return cases
+
+
+WRAP_MS = 1 << 30  # ticks_ms() period (ESP32)
+
+
+def review_cases() -> list[Case]:
+    # One case per attack the security review found (LOCK.md).
+    cases: list[Case] = []
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.tick(1501)  # the firmware's main loop: the challenge expires
+    s.send(_request(ch), 1502)
+    cases.append(s.case("challenge_expires_at_the_relay_bound", ["replay"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.tick(2000)
+    late_s = VISIT + (WRAP_MS + 300) // 1000
+    s.send(_request(ch), (1000 + WRAP_MS + 300) % WRAP_MS, late_s)
+    cases.append(s.case("challenge_held_past_a_ticks_wrap", ["replay"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), (1000 + WRAP_MS + 300) % WRAP_MS, late_s)  # no tick ran
+    ch = s.challenge(bytes(range(16)), 5000)
+    s.send(_request(ch), 5100, VISIT + 3)
+    cases.append(s.case("lock_clock_moved_since_the_challenge", ["too_late", "too_late"]))
+
+    s = Script()
+    held = s.challenge(LOCK_NONCE, 1000)
+    ch = s.challenge(bytes(range(16)), 1000)
+    s.send(_command(ch, CMD_TIME_SET, VISIT + 30), 1040)
+    s.send(_request(held), 1050, VISIT + 30)
+    cases.append(s.case("time_set_drops_outstanding_challenges", ["ok", "replay"]))
+
+    s = Script()
+    for i in range(3):
+        s.send(bytes([0x02, 0x01]), 1000 + i)
+    ch = s.challenge(LOCK_NONCE, 5900)
+    req = _request(ch)
+    s.send(req, 5950)  # refused during the back-off ...
+    s.send(req, 6010)  # ... and its challenge is gone after it
+    expect = ["truncated", "truncated", "truncated", "rate_limited", "replay"]
+    cases.append(s.case("rate_limited_refusal_uses_up_the_challenge", expect))
+
+    far_token, far_session = _mint(0x0A0B0C0F, epoch=EPOCH + 17)
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch, token=far_token, session=far_session), 1050)
+    cases.append(s.case("token_epoch_too_far_ahead", ["bad_value"]))
+
+    stale = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 1, bytes(16))
+    s = Script()
+    s.send(bytes([0x02, 0x01]), 1000)
+    s.send(stale, 1001)  # the lock wrote nothing: authentic, refused, not counted
+    s.send(stale, 1002)
+    s.send(stale, 1003)
+    s.send(bytes([0x02, 0x01]), 1004)
+    ch = s.challenge(LOCK_NONCE, 1005)
+    s.send(_request(ch), 1010)
+    expect = ["truncated", "bad_value", "bad_value", "bad_value", "truncated", "ok"]
+    cases.append(s.case("stale_acks_do_not_trip_the_limiter", expect))
     return cases
 
 
@@ -592,7 +660,8 @@ def audit_cases() -> list[Case]:
         _hex_case(a, "batch_count_too_low", b"\x07\x01" + e1 + e2, "too_long"),
         _hex_case(a, "batch_header_only_one_byte", b"\x07", "truncated"),
     ]
-    ack = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 5)
+    h5 = audit.entry_hash(e5)
+    ack = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 5, h5)
     cases += [
         _hex_case(a, "ack_seq_5", ack),
         _hex_case(a, "ack_short", ack[:-1], "truncated"),
@@ -600,7 +669,7 @@ def audit_cases() -> list[Case]:
             a,
             "ack_build",
             "ack",
-            {"edge_key": KEYS.edge_key.hex(), "lock_id": LOCK, "seq": 5},
+            {"edge_key": KEYS.edge_key.hex(), "lock_id": LOCK, "seq": 5, "hash": h5.hex()},
             None,
         ),
         _op_case(
@@ -640,7 +709,79 @@ def audit_cases() -> list[Case]:
     check("chain_resent_entry_differs", [e2, e3], "bad_chain", next_seq=3, last_hash="22" * 16)
     check("chain_resent_only", [e1, e2], None, next_seq=3, last_hash=e3[23:39].hex())
     check("chain_truncated_entry", [e1[:54]], "truncated")
+    cases += audit_review_cases(base, entries)
     return cases
+
+
+def audit_review_cases(base: dict[str, Any], entries: list[bytes]) -> list[Case]:
+    a = vec_audit
+    cases: list[Case] = []
+    e1, e2, e3, e4, e5 = entries
+    hashes = [audit.entry_hash(e) for e in entries]
+
+    def log(name: str, events: list[dict[str, Any]], **over: Any) -> list[bytes]:
+        cases.append(_op_case(a, name, "log", dict(base, events=events, **over), None))
+        return [bytes.fromhex(e) for e in cases[-1]["result"]]
+
+    def check(name: str, batch: list[bytes], expect: str | None, **over: Any) -> None:
+        args = dict(base, next_seq=1, last_hash="00" * 16, entries=[e.hex() for e in batch])
+        args.update(over)
+        cases.append(_op_case(a, name, "check", args, expect))
+
+    opening = {"time_s": VISIT, "event": 1, "op": 1, "status": "ok", "holder_id": HOLDER}
+    failure = {"time_s": VISIT + 1, "event": 1, "op": 1, "status": "bad_tag"}
+    log("log_failure_flood_is_summarised", [opening] + [failure] * 5, capacity=8)
+    held = log("log_overflow_leaves_a_lost_marker", [opening] * 6, capacity=4)
+    check("chain_lost_marker_accepted", held, None)
+    first3 = [audit.entry_hash(e).hex() for e in _first_log(3)]
+    check(
+        "chain_lost_marker_for_entries_held",
+        held[:1],
+        None,
+        next_seq=4,
+        last_hash=first3[2],
+        recent={"1": first3[0], "3": first3[2]},
+    )
+    check(
+        "chain_lost_marker_for_other_entries",  # a restarted chain behind a marker
+        held[:1],
+        "restarted",
+        next_seq=4,
+        last_hash=first3[2],
+        recent={"1": "11" * 16},
+    )
+    log("log_ack_prunes", [*_log_events(), {"ack": 2, "hash": hashes[1].hex()}])
+    check("chain_gap_needs_resync", [e3, e4, e5], "gap")
+    check("chain_gap_resync", [e3, e4, e5], None, resync=True)
+    restarted = _first_log(2, time_s=VISIT + 999)
+    recent = {"1": hashes[0].hex(), "5": hashes[4].hex()}
+    after5 = {"next_seq": 6, "last_hash": hashes[4].hex(), "recent": recent}
+    check("chain_restarted", restarted, "restarted", **after5)
+    check("chain_restarted_resync", restarted, None, resync=True, **after5)
+    check(
+        "chain_old_entry_differs",
+        [restarted[1]],
+        "bad_chain",
+        recent={"2": hashes[1].hex()},
+        next_seq=6,
+        last_hash=hashes[4].hex(),
+    )
+    check(
+        "chain_old_entries_cannot_be_compared",
+        [e1, e2],
+        "bad_chain",
+        next_seq=5,
+        last_hash=hashes[3].hex(),
+    )
+    return cases
+
+
+def _first_log(n: int, time_s: int = VISIT) -> list[bytes]:
+    # Entries 1..n of a lock that logged n openings (nothing pruned).
+    log = audit.AuditLog(KEYS.audit_key, LOCK, capacity=64)
+    for _ in range(n):
+        log.append(time_s, 1, 1, "ok", holder_id=HOLDER)
+    return log.entries
 
 
 def write(name: str, cases: list[Case]) -> None:

@@ -3,11 +3,14 @@
 # "hex" is a 55-byte entry, an AUDIT_BATCH or an AUDIT_ACK (told apart by
 # length, then type byte); "fields" has "type" and the fields, bytes as hex.
 # Ops (keys and bytes as hex):
-#   "log"      entries a lock writes for args["events"] under args["audit_key"]
+#   "log"      entries a lock holds after args["events"] under args["audit_key"]
+#              (optional "capacity"; an event {"ack": seq, "hash": h} prunes)
 #   "check"    the edge's chain check of args["entries"] from args["next_seq"] /
-#              args["last_hash"]: accepted seqs and the new anchor, or an error
-#   "ack"      an AUDIT_ACK for args["seq"]; "open_ack" the seq in args["ack"]
+#              args["last_hash"] (optional "recent" {seq: hash}, "resync"):
+#              accepted seqs, lost ranges, restart flag, the new anchor; or an error
+#   "ack"      an AUDIT_ACK for args["seq"] / args["hash"]; "open_ack" its fields
 from kommune.protocols import audit
+from kommune.protocols.audit_check import AuditChecker
 from kommune.protocols.lock_wire import MSG_AUDIT_BATCH, lock_key
 
 
@@ -52,7 +55,7 @@ def decode(data):
     if data[:1] == bytes((MSG_AUDIT_BATCH,)):
         return {"type": "batch", "entries": [_entry_fields(e) for e in audit.decode_batch(data)]}
     a = audit.decode_ack(data)
-    return {"type": "ack", "seq": a.seq, "mac": a.mac.hex()}
+    return {"type": "ack", "seq": a.seq, "entry_hash": a.entry_hash.hex(), "mac": a.mac.hex()}
 
 
 def encode(f):
@@ -60,13 +63,18 @@ def encode(f):
         return _entry(f).encode()
     if f["type"] == "batch":
         return audit.encode_batch([_entry(e).encode() for e in f["entries"]])
-    return audit.Ack(f["seq"], _h(f["mac"])).encode()
+    return audit.Ack(f["seq"], _h(f["entry_hash"]), _h(f["mac"])).encode()
 
 
 def op(name, args):
     if name == "log":
-        log = audit.AuditLog(_h(args["audit_key"]), args["lock_id"])
+        log = audit.AuditLog(
+            _h(args["audit_key"]), args["lock_id"], capacity=args.get("capacity", 64)
+        )
         for ev in args["events"]:
+            if "ack" in ev:
+                log.prune(ev["ack"], _h(ev["hash"]))
+                continue
             log.append(
                 ev["time_s"],
                 ev["event"],
@@ -76,21 +84,30 @@ def op(name, args):
                 token_id=ev.get("token_id", 0),
                 arg=ev.get("arg", 0),
             )
+        log.batch(0)  # logs a pending failure summary, as a collection would
         return [e.hex() for e in log.entries]
     if name == "check":
-        checker = audit.AuditChecker(
-            _h(args["audit_key"]), args["lock_id"], args["next_seq"], _h(args["last_hash"])
+        recent = {}
+        for seq in args.get("recent", {}):
+            recent[int(seq)] = _h(args["recent"][seq])
+        checker = AuditChecker(
+            _h(args["audit_key"]), args["lock_id"], args["next_seq"], _h(args["last_hash"]), recent
         )
-        fresh = checker.accept([_h(e) for e in args["entries"]])
+        accepted = checker.accept([_h(e) for e in args["entries"]], args.get("resync", False))
+        checker.commit(accepted)
         return {
-            "accepted": [e.seq for e in fresh],
+            "accepted": [e.seq for e in accepted.entries],
+            "lost": [[first, last] for first, last in accepted.lost],
+            "restarted": accepted.restarted,
             "next_seq": checker.next_seq,
             "last_hash": checker.last_hash.hex(),
         }
     if name == "ack":
-        return audit.encode_ack(lock_key(_h(args["edge_key"])), args["lock_id"], args["seq"]).hex()
+        key = lock_key(_h(args["edge_key"]))
+        return audit.encode_ack(key, args["lock_id"], args["seq"], _h(args["hash"])).hex()
     if name == "open_ack":
-        return audit.open_ack(_h(args["ack"]), lock_key(_h(args["edge_key"])), args["lock_id"])
+        a = audit.open_ack(_h(args["ack"]), lock_key(_h(args["edge_key"])), args["lock_id"])
+        return {"seq": a.seq, "entry_hash": a.entry_hash.hex()}
     if name == "hash":
         return audit.entry_hash(_h(args["entry"])).hex()
     raise ValueError("unknown op " + name)

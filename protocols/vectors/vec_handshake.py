@@ -5,7 +5,8 @@
 # result, notice) and fields, bytes as hex. Ops (keys and bytes as hex):
 #   "lock"   replays args["steps"] against a LockVerifier built from
 #            args["lock"]: {"challenge": nonce, "now_ms", "clock_s"} issues a
-#            challenge, {"respond": message, "now_ms", "clock_s"} answers one.
+#            challenge, {"respond": message, "now_ms", "clock_s"} answers one,
+#            {"tick": now_ms} is the firmware's main-loop tick.
 #            Result: each step's output, the lock's epoch, its audit entries.
 #   "holder" builds a phone's request for args["challenge"] and opens the
 #            lock's args["reply"] (the holder side of the same transcript).
@@ -98,7 +99,10 @@ def _lock(args):
     v, log = _verifier(args["lock"])
     out = []
     for s in args["steps"]:
-        if "challenge" in s:
+        if "tick" in s:
+            v.tick(s["tick"])
+            out.append({"tick": s["tick"]})
+        elif "challenge" in s:
             msg = v.challenge(_h(s["challenge"]), s["now_ms"], s["clock_s"])
             out.append({"challenge": msg.hex()})
         else:
@@ -117,12 +121,18 @@ def op(name, args):
         return _lock(args)
     if name == "holder":
         holder = HolderSession(_h(args["token"]), _h(args["session_key"]))
-        request = holder.request(_h(args["challenge"]), args["op"], _h(args["holder_nonce"]))
+        request = holder.request(
+            _h(args["challenge"]), args["op"], _h(args["holder_nonce"]), args.get("now_s")
+        )
         return {"request": request.hex(), "reply": _reply(holder, args["reply"])}
     if name == "edge":
         edge = EdgeSession(_h(args["edge_key"]), args["lock_id"])
         command = edge.command(
-            _h(args["challenge"]), args["cmd"], args["value"], _h(args["edge_nonce"])
+            _h(args["challenge"]),
+            args["cmd"],
+            args["value"],
+            _h(args["edge_nonce"]),
+            now_s=args["now_s"],
         )
         return {"command": command.hex(), "reply": _reply(edge, args["reply"])}
     raise ValueError("unknown op " + name)

@@ -1,9 +1,11 @@
 """The token authority: mints access tokens for staff phones.
 
 A token lets one holder operate one lock during one time window with some
-rights, at the lock's current revocation epoch. The holder also gets a
-session key, which the lock re-derives from the token, so the lock stores
-nothing per holder. Layout and security argument: protocols/LOCK.md.
+rights, at the lock's current revocation epoch. The authority keeps that epoch
+per lock and mints only at it; it only goes up (`revoke_all`), and the lock
+accepts a token at most `lock_verifier.MAX_EPOCH_STEP` epochs ahead of its
+own. The holder also gets a session key, which the lock re-derives from the
+token, so the lock stores nothing per holder. Layout and security argument: protocols/LOCK.md.
 
 The byte layout comes from `kommune.protocols.token` (one source of truth);
 the tag and session key are computed here with `cryptography`'s HMAC, an
@@ -14,7 +16,7 @@ The tests check that the two agree byte for byte.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, hmac
@@ -65,12 +67,43 @@ class TokenAuthority:
         self,
         site_key: bytes,
         *,
+        epochs: Mapping[int, int] | None = None,
         max_window_s: int = DEFAULT_MAX_WINDOW_S,
         new_token_id: Callable[[], int] = _random_token_id,
     ) -> None:
         self._site_key = check_site_key(site_key)
         self.max_window_s = max_window_s
         self._new_token_id = new_token_id
+        # lock_id -> current revocation epoch (0 until set); the keystore
+        # persists it and hands it back here.
+        self._epochs: dict[int, int] = {}
+        for lock_id, epoch in (epochs or {}).items():
+            self.set_epoch(lock_id, epoch)
+
+    def epoch(self, lock_id: int) -> int:
+        """The revocation epoch tokens for lock_id are minted at."""
+        return self._epochs.get(lock_id, 0)
+
+    def set_epoch(self, lock_id: int, epoch: int) -> None:
+        """Restore a lock's epoch (from the keystore); it never goes down."""
+        if not 0 <= epoch <= 0xFFFF_FFFF:
+            raise TokenAuthorityError(f"epoch {epoch} is not a u32")
+        current = self.epoch(lock_id)
+        if epoch < current:
+            raise TokenAuthorityError(
+                f"epoch {epoch} < lock {lock_id}'s epoch {current}: that would un-revoke"
+            )
+        self._epochs[lock_id] = epoch
+
+    def revoke_all(self, lock_id: int) -> int:
+        """Revoke every token of lock_id: the epoch goes up by one; returns it.
+
+        Re-issue the live tokens afterwards. A lock follows by an edge epoch-set
+        COMMAND, or by the first new token (at most MAX_EPOCH_STEP behind).
+        """
+        epoch = self.epoch(lock_id) + 1
+        self.set_epoch(lock_id, epoch)
+        return epoch
 
     def issue(
         self,
@@ -80,18 +113,14 @@ class TokenAuthority:
         not_before_s: int,
         not_after_s: int,
         rights: int,
-        epoch: int,
     ) -> IssuedToken:
-        """A token for holder_id on lock_id, valid not_before_s..not_after_s (site time).
-
-        epoch must be the lock's current revocation epoch: an older one is
-        refused by the lock, and a newer one revokes every older token the
-        first time the lock sees it.
-        """
+        """A token for holder_id on lock_id, valid not_before_s..not_after_s (site time),
+        at the lock's current epoch (`epoch(lock_id)`): never a caller's."""
         if not_after_s - not_before_s > self.max_window_s:
             raise TokenAuthorityError(
                 f"window of {not_after_s - not_before_s} s exceeds the {self.max_window_s} s limit"
             )
+        epoch = self.epoch(lock_id)
         token_id = self._new_token_id()
         draft = tokens.Token(
             token_id=token_id,

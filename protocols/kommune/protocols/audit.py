@@ -1,18 +1,16 @@
 # The lock's audit trail: every access decision and edge command as an entry
 # that is MAC'd on the lock under its audit key and hash-chained to the entry
 # before it. Entries travel to the edge (directly or carried by phones) in
-# AUDIT_BATCH messages; the edge checks the chain (AuditChecker) and answers
-# with an AUDIT_ACK, MAC'd under the lock's edge key, so the lock can prune.
+# AUDIT_BATCH messages; the edge checks the chain (audit_check.AuditChecker)
+# and answers with an AUDIT_ACK, MAC'd under the lock's edge key and bound to
+# the acked entry's hash, so the lock can prune.
 # Byte layouts: protocols/LOCK.md.
 import hashlib
 import struct
 
 from kommune.protocols.errors import (
-    BAD_CHAIN,
     BAD_TAG,
     BAD_VALUE,
-    GAP,
-    OUT_OF_ORDER,
     TRUNCATED,
     ProtocolError,
 )
@@ -20,6 +18,7 @@ from kommune.protocols.hmac_sha256 import HmacKey, equal
 from kommune.protocols.lock_wire import (
     MSG_AUDIT_ACK,
     MSG_AUDIT_BATCH,
+    OK,
     TAG_BYTES,
     check_bytes,
     check_size,
@@ -38,7 +37,8 @@ except ImportError:  # CPython: const() is the identity
 
 ENTRY_BYTES = const(55)
 HASH_BYTES = const(16)
-ACK_BYTES = const(21)
+ACK_BYTES = const(37)
+_ACK_MAC_AT = const(21)
 MAX_BATCH = const(255)  # entries per AUDIT_BATCH (count is a u8)
 GENESIS = bytes(16)  # prev_hash of entry 1
 
@@ -46,15 +46,23 @@ GENESIS = bytes(16)  # prev_hash of entry 1
 _HEAD_FORMAT = ">IIBBBIII"
 _HEAD_BYTES = const(23)
 _MACED_BYTES = const(39)  # head + prev_hash
+_STATUS_AT = const(10)
 _LABEL_ENTRY = b"AUD1"
-_LABEL_ACK = b"ACK1"
+_LABEL_ACK = b"ACK2"
 
 EVENT_ACCESS = const(1)  # a REQUEST: op, status, holder/token (0 if not authentic)
 EVENT_COMMAND = const(2)  # a COMMAND: op = cmd (0 if not authentic), status, arg = value
 EVENT_EPOCH_RAISED = const(3)  # a newer genuine token raised the epoch: arg = new epoch
 EVENT_BOOT = const(4)  # firmware: arg = reset cause
 EVENT_DOOR = const(5)  # firmware: arg = door/bolt state (firmware-defined)
-_EVENT_MAX = const(5)
+# Failures counted, not logged one by one: op = their event (0: mixed), status =
+# the last one's, token_id = first time_s, time_s = last time_s, arg = count.
+EVENT_FAILURES = const(6)
+# Entries lost to overflow: seq = the last lost, arg = the first lost, prev_hash
+# = hash of the last lost entry (the next entry links to it); holder_id and
+# token_id = the first 4 bytes of the first lost entry's prev_hash and hash.
+EVENT_LOST = const(7)
+_EVENT_MAX = const(7)
 
 
 class AuditEntry:
@@ -145,25 +153,40 @@ def entry_mac(key: HmacKey, lock_id: int, maced: bytes) -> bytes:
 
 class AuditLog:
     # The lock's side: appends MAC'd, chained entries and keeps them until an
-    # ack says the edge has them. Bounded: when full, the oldest entry goes
-    # (the edge then sees a gap - loss is visible, never silent).
+    # ack says the edge has them. Bounded (capacity entries), and a flood of
+    # failures cannot push out an opening: failure entries (status not ok)
+    # take at most max_failure_entries + 1 slots; past that, failures are
+    # only counted and logged as one EVENT_FAILURES summary when a slot frees.
+    # Only when openings alone fill the log do the oldest entries go, replaced
+    # by one EVENT_LOST marker naming the seqs lost (LOCK.md: Audit trail).
     # Persisting next_seq, last_hash and the entries across resets is the
     # firmware's job; a chain that restarts at 1 is reported by the edge.
     def __init__(
         self,
         audit_key: bytes,
         lock_id: int,
+        *,
         capacity: int = 64,
         next_seq: int = 1,
         last_hash: bytes = GENESIS,
+        max_failure_entries: int = -1,
     ) -> None:
+        if capacity < 4:
+            raise ProtocolError(BAD_VALUE, "audit capacity %d < 4" % capacity)
         self._key = lock_key(audit_key)
         self.lock_id = lock_id
         self.capacity = capacity
+        if max_failure_entries < 0:
+            max_failure_entries = capacity // 4
+        self.max_failure_entries = min(max_failure_entries, capacity - 2)
         self.next_seq = next_seq
         self.last_hash = last_hash
         self.entries: list[bytes] = []
-        self.dropped = 0  # entries lost to overflow since boot
+        self.lost = 0  # entries replaced by a lost marker since boot
+        self._failures_held = 0  # entries in self.entries with a status other than ok
+        # The failure summary being counted: count, first and last time_s,
+        # event (0 if mixed), last status code.
+        self._sum = [0, 0, 0, 0, 0]
 
     def append(
         self,
@@ -176,12 +199,64 @@ class AuditLog:
         token_id: int = 0,
         arg: int = 0,
     ) -> bytes:
+        # The new entry, or b"" if a failure was only counted into the summary.
+        code = status_code(status)
+        if code and (
+            self._sum[0]
+            or self._failures_held >= self.max_failure_entries
+            or len(self.entries) >= self.capacity
+        ):
+            self._count_failure(time_s, event, code)
+            return b""
+        self._flush(2)  # never evict an entry to make room for the summary
+        if len(self.entries) >= self.capacity:
+            self._evict(1)
+        return self._store(time_s, event, op, code, holder_id=holder_id, token_id=token_id, arg=arg)
+
+    def batch(self, max_entries: int) -> bytes:
+        # An AUDIT_BATCH with the oldest unacked entries (re-sent until acked).
+        self._flush(1)
+        return encode_batch(self.entries[:max_entries])
+
+    def prune(self, seq: int, acked_hash: bytes) -> int:
+        # Drop entries up to seq, if the edge holds this lock's entry seq (its
+        # hash, or for a lost marker the hash of the entry it replaced);
+        # returns how many went. A stale ack (already pruned) drops nothing.
+        if seq >= self.next_seq:
+            raise ProtocolError(BAD_VALUE, "ack %d for entries not written" % seq)
+        for i in range(len(self.entries)):
+            e = self.entries[i]
+            s = seq_of(e)
+            if s > seq:
+                break
+            if s == seq:
+                if not equal(entry_hash(e), acked_hash) and not (
+                    e[8] == EVENT_LOST and equal(e[_HEAD_BYTES:_MACED_BYTES], acked_hash)
+                ):
+                    raise ProtocolError(BAD_VALUE, "ack %d is for another entry %d" % (seq, seq))
+                for x in self.entries[: i + 1]:
+                    self._failures_held -= x[_STATUS_AT] != 0
+                del self.entries[: i + 1]
+                return i + 1
+        return 0
+
+    def _store(
+        self,
+        time_s: int,
+        event: int,
+        op: int,
+        code: int,
+        *,
+        holder_id: int,
+        token_id: int,
+        arg: int,
+    ) -> bytes:
         e = AuditEntry(
             seq=self.next_seq,
             time_s=time_s,
             event=event,
             op=op,
-            status=status,
+            status=status_reason(code),
             holder_id=holder_id,
             token_id=token_id,
             arg=arg,
@@ -189,30 +264,69 @@ class AuditLog:
         )
         maced = e.maced()
         entry = maced + entry_mac(self._key, self.lock_id, maced)
-        if len(self.entries) >= self.capacity:
-            self.entries.pop(0)
-            self.dropped += 1
         self.entries.append(entry)
+        self._failures_held += code != 0
         self.next_seq += 1
         self.last_hash = entry_hash(entry)
         return entry
 
-    def batch(self, max_entries: int) -> bytes:
-        # An AUDIT_BATCH with the oldest unacked entries (re-sent until acked).
-        return encode_batch(self.entries[:max_entries])
+    def _count_failure(self, time_s: int, event: int, code: int) -> None:
+        s = self._sum
+        if not s[0]:
+            s[1], s[3] = time_s, event
+        elif s[3] != event:
+            s[3] = 0  # mixed kinds
+        s[0] += 1
+        s[2] = time_s
+        s[4] = code
 
-    def prune(self, seq: int) -> int:
-        # Drop entries up to seq (acked); returns how many went.
-        if seq >= self.next_seq:
-            raise ProtocolError(BAD_VALUE, "ack %d for entries not written" % seq)
-        n = 0
-        while n < len(self.entries) and _seq_of(self.entries[n]) <= seq:
-            n += 1
-        del self.entries[:n]
-        return n
+    def _flush(self, slots: int) -> None:
+        # Log the failure summary if `slots` slots are free (it may take the
+        # one slot past max_failure_entries).
+        s = self._sum
+        if (
+            s[0]
+            and len(self.entries) + slots <= self.capacity
+            and self._failures_held <= self.max_failure_entries
+        ):
+            self._store(s[2], EVENT_FAILURES, s[3], s[4], holder_id=0, token_id=s[1], arg=s[0])
+            self._sum = [0, 0, 0, 0, 0]
+
+    def _evict(self, n: int) -> None:
+        # Frees n slots: the oldest n + 1 entries become one lost marker with
+        # the seq of the last of them, arg = the first seq lost, prev_hash =
+        # the hash of the last (so the next entry still links to it), and
+        # 4-byte prefixes of the first lost entry's prev_hash (holder_id) and
+        # own hash (token_id), so the edge can tell a gap from a restart.
+        gone = self.entries[: n + 1]
+        head = gone[0]
+        if head[8] == EVENT_LOST:  # an earlier marker: extend its range
+            into, first_id, first = struct.unpack_from(">III", head, 11)
+            self.lost -= 1
+        else:
+            first = seq_of(head)
+            into = struct.unpack_from(">I", head, _HEAD_BYTES)[0]
+            first_id = struct.unpack_from(">I", entry_hash(head), 0)[0]
+        last = gone[-1]
+        e = AuditEntry(
+            seq=seq_of(last),
+            time_s=struct.unpack_from(">I", last, 4)[0],
+            event=EVENT_LOST,
+            op=0,
+            status=OK,
+            holder_id=into,
+            token_id=first_id,
+            arg=first,
+            prev_hash=entry_hash(last),
+        )
+        maced = e.maced()
+        for x in gone:
+            self._failures_held -= x[_STATUS_AT] != 0
+        self.lost += len(gone)
+        self.entries[: n + 1] = [maced + entry_mac(self._key, self.lock_id, maced)]
 
 
-def _seq_of(entry: bytes) -> int:
+def seq_of(entry: bytes) -> int:
     seq: int = struct.unpack_from(">I", entry, 0)[0]
     return seq
 
@@ -235,12 +349,17 @@ def decode_batch(data: bytes) -> list[AuditEntry]:
 class Ack:
     __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
 
-    def __init__(self, seq: int, mac: bytes) -> None:
+    def __init__(self, seq: int, entry_hash: bytes, mac: bytes) -> None:
         self.seq = seq  # entries up to and including seq are safe at the edge
+        self.entry_hash = entry_hash  # entry_hash() of the edge's entry seq
         self.mac = mac
 
     def body(self) -> bytes:
-        return bytes((MSG_AUDIT_ACK,)) + u32(check_uint("seq", self.seq, 32))
+        return (
+            bytes((MSG_AUDIT_ACK,))
+            + u32(check_uint("seq", self.seq, 32))
+            + check_bytes("entry_hash", self.entry_hash, HASH_BYTES)
+        )
 
     def encode(self) -> bytes:
         return self.body() + check_bytes("mac", self.mac, TAG_BYTES)
@@ -251,74 +370,24 @@ class Ack:
 
 def decode_ack(data: bytes) -> Ack:
     check_type(data, MSG_AUDIT_ACK, ACK_BYTES)
-    return Ack(struct.unpack_from(">I", data, 1)[0], data[5:21])
+    return Ack(struct.unpack_from(">I", data, 1)[0], data[5:_ACK_MAC_AT], data[_ACK_MAC_AT:])
 
 
 def _ack_mac(edge_key: HmacKey, lock_id: int, body: bytes) -> bytes:
     return edge_key.digest(_LABEL_ACK, u32(lock_id), body)[:TAG_BYTES]
 
 
-def encode_ack(edge_key: HmacKey, lock_id: int, seq: int) -> bytes:
-    # Not bound to a challenge: an ack may ride on a phone for hours, and a
-    # replayed ack prunes nothing that a newer one has not.
-    body = Ack(seq, b"").body()
+def encode_ack(edge_key: HmacKey, lock_id: int, seq: int, acked_hash: bytes) -> bytes:
+    # Not bound to a challenge (an ack may ride on a phone for hours) but to
+    # the entry it acks: a replayed ack prunes nothing a newer one has not,
+    # and nothing of a chain that restarted since.
+    body = Ack(seq, acked_hash, b"").body()
     return body + _ack_mac(edge_key, lock_id, body)
 
 
-def open_ack(data: bytes, edge_key: HmacKey, lock_id: int) -> int:
-    # The acked seq of a genuine ack from this lock's edge.
+def open_ack(data: bytes, edge_key: HmacKey, lock_id: int) -> Ack:
+    # A genuine ack from this lock's edge.
     ack = decode_ack(data)
-    if not equal(ack.mac, _ack_mac(edge_key, lock_id, data[:5])):
+    if not equal(ack.mac, _ack_mac(edge_key, lock_id, data[:_ACK_MAC_AT])):
         raise ProtocolError(BAD_TAG, "ack MAC")
-    return ack.seq
-
-
-class AuditChecker:
-    # The edge's side, one per lock: accepts batches only if every entry is
-    # genuine, in order, without gaps, and links to the one before. Persist
-    # next_seq and last_hash with the entries; they are the chain's anchor.
-    def __init__(
-        self, audit_key: bytes, lock_id: int, next_seq: int = 1, last_hash: bytes = GENESIS
-    ) -> None:
-        self._key = lock_key(audit_key)
-        self.lock_id = lock_id
-        self.next_seq = next_seq
-        self.last_hash = last_hash
-
-    def accept(self, entries: list[bytes]) -> list[AuditEntry]:
-        # The new entries, in order; on any error nothing is accepted.
-        # Entries already accepted may lead the batch (re-sent until acked);
-        # they must chain like the rest, and into the stored anchor.
-        fresh: list[AuditEntry] = []
-        prev_seq, prev_hash = -1, b""  # the entry before, in this batch
-        for i in range(len(entries)):
-            raw = entries[i]
-            e = decode_entry(raw)
-            if not equal(e.mac, entry_mac(self._key, self.lock_id, raw[:_MACED_BYTES])):
-                raise ProtocolError(BAD_TAG, "entry %d (seq %d) MAC" % (i, e.seq))
-            due = self.next_seq if prev_seq < 0 else prev_seq + 1
-            if e.seq != due and (prev_seq >= 0 or e.seq > due):
-                later = [_seq_of(x) for x in entries[i + 1 :] if len(x) == ENTRY_BYTES]
-                reason = OUT_OF_ORDER if e.seq < due or due in later else GAP
-                raise ProtocolError(reason, "seq %d where %d was due" % (e.seq, due))
-            if prev_seq >= 0 and e.prev_hash != prev_hash:
-                raise ProtocolError(BAD_CHAIN, "seq %d does not link to seq %d" % (e.seq, prev_seq))
-            link = entry_hash(raw)
-            if e.seq == self.next_seq and e.prev_hash != self.last_hash:
-                raise ProtocolError(BAD_CHAIN, "seq %d does not link to the anchor" % e.seq)
-            if e.seq == self.next_seq - 1 and link != self.last_hash:
-                raise ProtocolError(BAD_CHAIN, "seq %d is not the entry accepted before" % e.seq)
-            if e.seq >= self.next_seq:
-                fresh.append(e)
-            prev_seq, prev_hash = e.seq, link
-        if fresh:
-            self.next_seq, self.last_hash = prev_seq + 1, prev_hash
-        return fresh
-
-    def accept_batch(self, data: bytes) -> list[AuditEntry]:
-        decode_batch(data)  # whole message well-formed first
-        return self.accept([data[i : i + ENTRY_BYTES] for i in range(2, len(data), ENTRY_BYTES)])
-
-    def ack(self, edge_key: bytes) -> bytes:
-        # AUDIT_ACK for everything accepted so far (send once it is stored).
-        return encode_ack(lock_key(edge_key), self.lock_id, self.next_seq - 1)
+    return ack

@@ -41,3 +41,4 @@ BAD_PROOF = "bad_proof"  # genuine token, but the holder's proof did not verify
 GAP = "gap"  # a sequence number is missing (audit chain)
 OUT_OF_ORDER = "out_of_order"  # entries arrived in the wrong order (audit chain)
 BAD_CHAIN = "bad_chain"  # an entry does not link to the previous entry's hash
+RESTARTED = "restarted"  # an audit chain began again at seq 1 (lock flash reset)

@@ -23,6 +23,13 @@ from kommune.protocols.handshake import (
 from kommune.protocols.hmac_sha256 import equal
 from kommune.protocols.lock_wire import MSG_COMMAND, MSG_NOTICE, MSG_REQUEST, OK, lock_key
 
+# How far a challenge's lock clock may be from the peer's own (s). A phone
+# checks only if it trusts its clock; the edge always does: a challenge that
+# was held back (relayed late) or comes from a lock whose clock is far off is
+# refused, and a deliberate large correction passes an explicit max_skew_s.
+HOLDER_MAX_SKEW_S = 300
+EDGE_MAX_SKEW_S = 3600
+
 
 class Reply:
     # What a peer learnt from the lock's answer.
@@ -47,11 +54,19 @@ class _Peer:
         # (lock_id, op, lock_nonce, peer_nonce) of the request awaiting its answer
         self._expect: "tuple[int, int, bytes, bytes] | None" = None
 
-    def _challenge(self, challenge: bytes, lock_id: int) -> Challenge:
+    def _challenge(
+        self, challenge: bytes, lock_id: int, now_s: "int | None", max_skew_s: int
+    ) -> Challenge:
         ch = decode_challenge(challenge)
         if ch.lock_id != lock_id:
             raise ProtocolError(
                 WRONG_LOCK, "challenge from lock %d, not %d" % (ch.lock_id, lock_id)
+            )
+        if now_s is not None and abs(ch.clock_s - now_s) > max_skew_s:
+            raise ProtocolError(
+                BAD_VALUE,
+                "challenge clock %d is %d s from ours (max %d)"
+                % (ch.clock_s, ch.clock_s - now_s, max_skew_s),
             )
         return ch
 
@@ -79,9 +94,17 @@ class HolderSession(_Peer):
         self.token = tokens.decode(token)
         self._token_bytes = bytes(token)
 
-    def request(self, challenge: bytes, op: int, holder_nonce: bytes) -> bytes:
-        # holder_nonce: 16 fresh random bytes (os.urandom / secrets).
-        ch = self._challenge(challenge, self.token.lock_id)
+    def request(
+        self,
+        challenge: bytes,
+        op: int,
+        holder_nonce: bytes,
+        now_s: "int | None" = None,
+        max_skew_s: int = HOLDER_MAX_SKEW_S,
+    ) -> bytes:
+        # holder_nonce: 16 fresh random bytes (os.urandom / secrets); now_s:
+        # the phone's site time, if it trusts its clock.
+        ch = self._challenge(challenge, self.token.lock_id, now_s, max_skew_s)
         body = Request(op, ch.nonce, holder_nonce, self._token_bytes, b"").body()
         self._expect = (ch.lock_id, op, ch.nonce, bytes(holder_nonce))
         return body + proof(self._key, ch.lock_id, body)
@@ -93,8 +116,18 @@ class EdgeSession(_Peer):
         super().__init__(edge_key, MSG_COMMAND)
         self.lock_id = lock_id
 
-    def command(self, challenge: bytes, cmd: int, value: int, edge_nonce: bytes) -> bytes:
-        ch = self._challenge(challenge, self.lock_id)
+    def command(
+        self,
+        challenge: bytes,
+        cmd: int,
+        value: int,
+        edge_nonce: bytes,
+        *,
+        now_s: int,
+        max_skew_s: int = EDGE_MAX_SKEW_S,
+    ) -> bytes:
+        # now_s: the edge's site time; required (see EDGE_MAX_SKEW_S).
+        ch = self._challenge(challenge, self.lock_id, now_s, max_skew_s)
         body = Command(cmd, ch.nonce, edge_nonce, value, b"").body()
         self._expect = (ch.lock_id, cmd, ch.nonce, bytes(edge_nonce))
         return body + command_mac(self._key, ch.lock_id, body)

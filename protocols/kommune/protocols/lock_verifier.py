@@ -7,6 +7,7 @@
 # The firmware's whole use of it:
 #     msg = verifier.challenge(os.urandom(16), time.ticks_ms(), clock_s)   # notify
 #     v = verifier.respond(written_bytes, time.ticks_ms(), clock_s)
+#     verifier.tick(time.ticks_ms())  # from the main loop, at least every few s
 #     if v.epoch_changed: persist verifier.epoch       # before notifying
 #     if v.ok and v.kind == MSG_REQUEST: actuate v.op
 #     if v.ok and v.op == CMD_TIME_SET: set the clock to v.value
@@ -44,6 +45,7 @@ from kommune.protocols.handshake import (
 from kommune.protocols.hmac_sha256 import HmacKey, equal
 from kommune.protocols.lock_wire import (
     CMD_EPOCH_SET,
+    CMD_TIME_SET,
     MSG_AUDIT_ACK,
     MSG_COMMAND,
     MSG_REQUEST,
@@ -61,6 +63,9 @@ DEFAULT_RELAY_BOUND_MS = const(500)
 DEFAULT_MAX_FAILURES = const(5)
 DEFAULT_FAILURE_WINDOW_MS = const(60_000)
 DEFAULT_BACKOFF_MS = const(30_000)
+# A genuine token may raise the lock's epoch by at most this much: one token
+# cannot revoke all others far into the future (or for good, at 2**32 - 1).
+MAX_EPOCH_STEP = const(16)
 DEFAULT_MAX_CHALLENGES = const(4)  # outstanding at once (one per connected peer)
 
 # ticks_ms() wraps; every port's period is a multiple of 2**30, so differences
@@ -95,11 +100,18 @@ class RateLimiter:
     def blocked(self, now_ms: int) -> bool:
         if self._blocked_at is None:
             return False
-        waited = ticks_diff(now_ms, self._blocked_at)
-        if 0 <= waited < self.backoff_ms:
+        # Negative (ticks went back): still blocked. tick() ends a served
+        # back-off long before its ticks could wrap into the negative.
+        if ticks_diff(now_ms, self._blocked_at) < self.backoff_ms:
             return True
-        self._blocked_at = None  # served (or the ticks wrapped past it)
+        self._blocked_at = None  # served
         return False
+
+    def tick(self, now_ms: int) -> None:
+        # Forget what no longer counts, so no stored ticks can age past a wrap.
+        self.blocked(now_ms)
+        while self._failures and not 0 <= ticks_diff(now_ms, self._failures[0]) <= self.window_ms:
+            self._failures.pop(0)
 
     def failure(self, now_ms: int) -> bool:
         # Count one failure; True if it starts a back-off.
@@ -134,6 +146,7 @@ class Verdict:
         self.token = token  # the authentic token of a REQUEST, else None
         self.value = value  # COMMAND value or acked seq
         self.epoch_changed = False  # persist verifier.epoch before replying
+        self.counts = True  # a failure the rate limiter counts (not an authentic stale ack)
 
     @property
     def ok(self) -> bool:
@@ -170,20 +183,44 @@ class LockVerifier:
         self.skew_s = skew_s
         self.max_challenges = max_challenges
         self.limiter = limiter if limiter is not None else RateLimiter()
-        self._pending: list[tuple[bytes, int]] = []  # (nonce, issued ticks), oldest first
+        # Lock clock may move this far (s) between a challenge and its answer.
+        self.clock_slack_s = (relay_bound_ms + 999) // 1000 + 1
+        # (nonce, issued ticks, lock clock s), oldest first; none older than the bound
+        self._pending: list[tuple[bytes, int, int]] = []
+
+    def tick(self, now_ms: int) -> None:
+        # Call from the main loop (at least once a minute; ticks wrap after
+        # 2**30 ms): drops expired challenges and stale limiter state, so no
+        # stored ticks can wrap round into looking fresh again.
+        self._expire(now_ms)
+        self.limiter.tick(now_ms)
+
+    def _expire(self, now_ms: int) -> None:
+        bound = self.relay_bound_ms
+        self._pending = [p for p in self._pending if 0 <= ticks_diff(now_ms, p[1]) <= bound]
 
     def challenge(self, nonce: bytes, now_ms: int, clock_s: int) -> bytes:
         # CHALLENGE for one peer. nonce: 16 fresh random bytes (os.urandom).
         msg = Challenge(self.lock_id, clock_s, self.epoch, nonce).encode()
+        self._expire(now_ms)
         if len(self._pending) >= self.max_challenges:
             self._pending.pop(0)  # the oldest peer must ask again
-        self._pending.append((bytes(nonce), now_ms))
+        self._pending.append((bytes(nonce), now_ms, clock_s))
         return msg
 
     def respond(self, data: bytes, now_ms: int, clock_s: int) -> Verdict:
         kind = data[0] if data else 0
         if self.limiter.blocked(now_ms):
-            return _notice(kind, 0, RATE_LIMITED)  # no work, no log entry
+            # No work, no log entry; and no challenge survives a refusal, so a
+            # refused message cannot be replayed once the back-off ends.
+            del self._pending[:]
+            return _notice(kind, 0, RATE_LIMITED)
+        try:
+            return self._respond(kind, data, now_ms, clock_s)
+        finally:
+            self._expire(now_ms)  # after the named challenge was judged
+
+    def _respond(self, kind: int, data: bytes, now_ms: int, clock_s: int) -> Verdict:
         epoch = self.epoch
         if kind == MSG_REQUEST:
             v = self._request(data, now_ms, clock_s)
@@ -194,27 +231,34 @@ class LockVerifier:
         else:
             v = _notice(kind, 0, UNKNOWN_TYPE if data else TRUNCATED)
         v.epoch_changed = self.epoch != epoch
-        if not v.ok and self.limiter.failure(now_ms):
-            self.audit.append(clock_s, EVENT_ACCESS, 0, RATE_LIMITED)
+        if not v.ok and v.counts and self.limiter.failure(now_ms):
+            del self._pending[:]  # a back-off uses up every outstanding challenge
+            event = EVENT_COMMAND if kind == MSG_COMMAND else EVENT_ACCESS
+            self.audit.append(clock_s, event, 0, RATE_LIMITED, arg=kind)
         return v
 
-    def _take(self, nonce: bytes) -> int:
+    def _take(self, nonce: bytes, now_ms: int, clock_s: int) -> bool:
         # A challenge answers once: the first message naming it consumes it.
+        # True if the answer came late, by the ticks or by the lock clock.
         for i in range(len(self._pending)):
             if self._pending[i][0] == nonce:
-                return self._pending.pop(i)[1]
-        raise ProtocolError(REPLAY, "challenge not outstanding")
-
-    def _late(self, issued_ms: int, now_ms: int) -> bool:
-        elapsed = ticks_diff(now_ms, issued_ms)
-        return elapsed < 0 or elapsed > self.relay_bound_ms
+                _, issued_ms, issued_s = self._pending.pop(i)
+                elapsed = ticks_diff(now_ms, issued_ms)
+                moved_s = clock_s - issued_s
+                return (
+                    elapsed < 0
+                    or elapsed > self.relay_bound_ms
+                    or moved_s < 0
+                    or moved_s > self.clock_slack_s
+                )
+        raise ProtocolError(REPLAY, "challenge not outstanding (used, dropped or expired)")
 
     def _request(self, data: bytes, now_ms: int, clock_s: int) -> Verdict:
         op = 0
         try:
             req = decode_request(data)
             op = req.op
-            issued_ms = self._take(req.lock_nonce)
+            late = self._take(req.lock_nonce, now_ms, clock_s)
             tok = tokens.authenticate(req.token, self._token_key, self.lock_id)
         except ProtocolError as e:
             # No authentic token, so no session key: an unauthenticated NOTICE,
@@ -222,7 +266,6 @@ class LockVerifier:
             self.audit.append(clock_s, EVENT_ACCESS, op, e.reason)
             return _notice(MSG_REQUEST, op, e.reason)
         session = HmacKey(tokens.session_key(self._token_key, tok))
-        late = self._late(issued_ms, now_ms)
         status = self._judge(data, tok, session, late, clock_s)
         reply = encode_result(
             session,
@@ -253,6 +296,10 @@ class LockVerifier:
         if tok.epoch > self.epoch:
             # Only the authority mints, and it mints at the current epoch: a
             # newer epoch here means revocations this lock has not heard of.
+            # Further ahead than MAX_EPOCH_STEP: an authority fault; refused
+            # until the edge sets the epoch by COMMAND.
+            if tok.epoch - self.epoch > MAX_EPOCH_STEP:
+                return BAD_VALUE
             self.epoch = tok.epoch
             self.audit.append(
                 clock_s,
@@ -272,7 +319,7 @@ class LockVerifier:
     def _command(self, data: bytes, now_ms: int, clock_s: int) -> Verdict:
         try:
             cmd = decode_command(data)
-            issued_ms = self._take(cmd.lock_nonce)
+            late = self._take(cmd.lock_nonce, now_ms, clock_s)
             body = data[:COMMAND_MAC_AT]
             if not equal(cmd.mac, command_mac(self._edge_key, self.lock_id, body)):
                 raise ProtocolError(BAD_TAG, "command MAC")
@@ -280,8 +327,10 @@ class LockVerifier:
             self.audit.append(clock_s, EVENT_COMMAND, 0, e.reason)
             return _notice(MSG_COMMAND, 0, e.reason)
         status = OK
-        if self._late(issued_ms, now_ms):
+        if late:
             status = TOO_LATE  # a delayed time set would set the clock wrong
+        elif cmd.cmd == CMD_TIME_SET:
+            del self._pending[:]  # their clock_s is from the old time
         elif cmd.cmd == CMD_EPOCH_SET:
             if cmd.value < self.epoch:
                 status = BAD_VALUE  # an epoch never goes back: that would un-revoke
@@ -303,10 +352,16 @@ class LockVerifier:
         # Not logged: the edge holds every acked entry, and logging an ack
         # would leave a new unacked entry after every collection.
         try:
-            seq = open_ack(data, self._edge_key, self.lock_id)
-            self.audit.prune(seq)
+            ack = open_ack(data, self._edge_key, self.lock_id)
         except ProtocolError as e:
             return _notice(MSG_AUDIT_ACK, 0, e.reason)
-        v = _notice(MSG_AUDIT_ACK, 0, OK)
-        v.value = seq
+        try:
+            self.audit.prune(ack.seq, ack.entry_hash)
+            v = _notice(MSG_AUDIT_ACK, 0, OK)
+        except ProtocolError as e:
+            # Genuine but stale (the chain restarted, or an ack from before a
+            # reset): refused, but not a guess, so the limiter does not count it.
+            v = _notice(MSG_AUDIT_ACK, 0, e.reason)
+            v.counts = False
+        v.value = ack.seq
         return v
