@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
 from kommune.hil.harness import Board, Rig
@@ -117,12 +118,38 @@ def boards(make_board: MakeBoard) -> Callable[..., list[Board]]:
     return make
 
 
+#: mpremote reads a pty with blocking one-byte reads, so without a port timeout a
+#: lost byte hangs it for good; with one, its own overall timeouts apply.
+REPL_READ_TIMEOUT_S = 1.0
+#: Entering the raw REPL is tried this often: a Ctrl-A that reaches the unix
+#: port while it switches its terminal mode is flushed (tcsetattr TCSAFLUSH), and
+#: a technician, like mpremote's users, simply tries again.
+RAW_REPL_ATTEMPTS = 2
+
+
+def _open_repl(board: Board, *, soft_reset: bool) -> SerialTransport:
+    failure = ""
+    for _ in range(RAW_REPL_ATTEMPTS):
+        transport = SerialTransport(board.console, baudrate=115200)
+        transport.serial.timeout = REPL_READ_TIMEOUT_S
+        try:
+            transport.enter_raw_repl(soft_reset=soft_reset)
+        except TransportError as e:
+            transport.close()
+            failure = str(e)
+            continue
+        return transport
+    raise TransportError(
+        f"{board.name}: could not enter the raw REPL ({failure}); state {board.state}, "
+        f"console:\n{board.console_output()}"
+    )
+
+
 @contextlib.contextmanager
 def board_repl(board: Board, *, soft_reset: bool = False) -> Iterator[SerialTransport]:
     """The board's raw REPL through mpremote's own transport (Ctrl-C stops a running main.py)."""
-    transport = SerialTransport(board.console, baudrate=115200)
+    transport = _open_repl(board, soft_reset=soft_reset)
     try:
-        transport.enter_raw_repl(soft_reset=soft_reset)
         yield transport
         transport.exit_raw_repl()
     finally:
