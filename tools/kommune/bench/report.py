@@ -68,7 +68,12 @@ def render(suite: Suite, results: Metrics) -> str:
     rows = [("metric", "value", "goal")]
     for m in suite.metrics:
         value = results.get(m.key)
-        shown = "-" if value is None else f"{value:,.1f} {m.unit}".strip()
+        if value is None:
+            shown = "-"
+        elif float(value).is_integer():
+            shown = f"{value:,.0f} {m.unit}".strip()
+        else:
+            shown = f"{value:,.1f} {m.unit}".strip()
         rows.append((m.label, shown, m.goal))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

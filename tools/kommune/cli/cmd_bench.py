@@ -17,6 +17,7 @@ from kommune.cli.errors import CliError
 
 SUITES = {
     "protocols": "frame codec throughput on both interpreters, allocation per decode",
+    "lock": "the lock's handshake verification on MicroPython: time, allocation, RAM",
     "rig": "emulated board boot time, RAM per board, GATT round trip, boards per machine",
     "radio": "virtual BLE air: GATT round trip, connect + discovery, cached services",
 }
