@@ -143,3 +143,24 @@ def test_the_firmware_gets_the_real_boards_free_heap(board: Board) -> None:
     free, wide = out.split()
     free_kb_32bit = int(free) / (2 if wide == "True" else 1) / 1024
     assert 0.95 * board.profile.heap_kb <= free_kb_32bit <= 1.1 * board.profile.heap_kb
+
+
+def _read_until(console: serial.Serial, text: bytes, timeout_s: float = 5.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while text not in seen and time.monotonic() < deadline:
+        seen += console.read(256)
+    return seen
+
+
+def test_typing_ahead_while_code_runs_is_not_lost(board: Board) -> None:
+    """A line typed while the REPL runs code is read once the REPL is back, as on a board."""
+    with serial.Serial(board.console, 115200, timeout=0.1) as console:
+        console.write(b"\r")
+        assert b">>> " in _read_until(console, b">>> ")
+        console.write(b"import time; time.sleep_ms(300); print('slept')\r")
+        assert b"import time" in _read_until(console, b"import time")
+        console.write(b"print(6 * 7)\r")  # typed while the sleep runs
+        out = _read_until(console, b"\n42\n")
+    assert b"slept" in out
+    assert b"\n42\n" in out
