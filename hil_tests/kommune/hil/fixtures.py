@@ -121,9 +121,10 @@ def boards(make_board: MakeBoard) -> Callable[..., list[Board]]:
 #: mpremote reads a pty with blocking one-byte reads, so without a port timeout a
 #: lost byte hangs it for good; with one, its own overall timeouts apply.
 REPL_READ_TIMEOUT_S = 1.0
-#: Entering the raw REPL is tried this often: a Ctrl-A that reaches the unix
-#: port while it switches its terminal mode is flushed (tcsetattr TCSAFLUSH), and
-#: a technician, like mpremote's users, simply tries again.
+#: Entering the raw REPL is tried this often. Once (in CI, right after a boot) the
+#: raw-REPL banner never came; not reproduced since. The unix port flushes unread
+#: terminal input when it switches modes (tcsetattr TCSAFLUSH), the suspect; a
+#: technician, like mpremote's users, simply tries again.
 RAW_REPL_ATTEMPTS = 2
 
 
