@@ -68,6 +68,7 @@ class EmulatedBoard:
         tokens: dict[str, EmulatedBoard],
         heap_kb: int | None = None,
         seed: int = 0,
+        clock_ppm: int = 0,
     ) -> None:
         self.loop = loop
         self.name = name
@@ -85,6 +86,7 @@ class EmulatedBoard:
             loop,
             profile,
             seed=seed,
+            clock_ppm=clock_ppm,
             send_event=self.send_event,
             on_watchdog=lambda: self._kill("watchdog"),
             on_reset=self._on_vm_reset,
@@ -345,6 +347,7 @@ class EmulatedBoard:
             "cpu_hz": profile.cpu_hz,
             "run_main": self._run_main,
             "rtc_epoch_s": int(self.hw.rtc.now()),
+            "clock_ppm": self.hw.rtc.drift_ppm,
             "flash": {
                 "path": str(self.flash_path),
                 "block_size": profile.flash.block_size,

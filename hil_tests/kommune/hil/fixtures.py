@@ -74,6 +74,7 @@ def make_board(rig: Rig) -> MakeBoard:
         power_on: bool = True,
         wait: bool = True,
         radio: AirDevice | None = None,
+        clock_ppm: int = 0,
     ) -> Board:
         b = rig.add_board(
             name,
@@ -84,6 +85,7 @@ def make_board(rig: Rig) -> MakeBoard:
             seed=seed,
             power_on=power_on,
             radio=radio,
+            clock_ppm=clock_ppm,
         )
         if power_on and wait:
             b.wait_booted()

@@ -74,8 +74,10 @@ class Rig:
         seed: int = 0,
         power_on: bool = True,
         radio: AirDevice | None = None,
+        clock_ppm: int = 0,
     ) -> Board:
-        """A new board; with `radio` (a device on an air) its `bluetooth.BLE` is live."""
+        """A new board; with `radio` (a device on an air) its `bluetooth.BLE` is live;
+        `clock_ppm` makes its crystal run fast (> 0) or slow (< 0)."""
         board = self.run(
             self.supervisor.add_board(
                 name,
@@ -85,6 +87,7 @@ class Rig:
                 heap_kb=heap_kb,
                 seed=seed,
                 power_on=power_on and radio is None,
+                clock_ppm=clock_ppm,
             )
         )
         handle = Board(self, board)

@@ -34,6 +34,7 @@ class Peripherals:
         profile: BoardProfile,
         *,
         seed: int,
+        clock_ppm: int = 0,
         send_event: Callable[[int, bytes], None],
         on_watchdog: Callable[[], None],
         on_reset: Callable[[int, int], None],
@@ -46,7 +47,7 @@ class Peripherals:
         self.pwm = PwmBank(profile)
         self.adc = AdcBank(profile, seed=seed)
         self.i2c = I2CWiring()
-        self.rtc = RtcModel()
+        self.rtc = RtcModel(clock_ppm)
         self.watchdog = Watchdog(loop, on_watchdog)
         self.uarts: dict[int, UartLink] = {profile.link_uart: UartLink(loop, profile.link_uart)}
         self.devices: dict[str, Any] = {}

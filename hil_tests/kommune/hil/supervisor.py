@@ -74,6 +74,7 @@ class Supervisor:
         heap_kb: int | None = None,
         seed: int = 0,
         power_on: bool = True,
+        clock_ppm: int = 0,
     ) -> EmulatedBoard:
         """A new board; `files` are written to its flash first (kept if `flash_path` is given)."""
         if name in self.boards:
@@ -94,6 +95,7 @@ class Supervisor:
             tokens=self._tokens,
             heap_kb=heap_kb,
             seed=seed,
+            clock_ppm=clock_ppm,
         )
         self.boards[name] = board
         if power_on:

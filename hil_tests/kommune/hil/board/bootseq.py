@@ -62,6 +62,7 @@ def _boot(rig_path: str, token: str) -> bool:
     rig.attach(channel)
     config = json.loads(channel.call(rigwire.HELLO, token.encode()))
     channel.config = config
+    emutime.set_drift(config.get("clock_ppm", 0))
     emutime.set_rtc(config["rtc_epoch_s"])
     _mount(config)
     sys.path[:] = ["", ".frozen", "/lib"]
