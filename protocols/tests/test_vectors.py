@@ -76,3 +76,14 @@ def test_vector_micropython(file: str, adapter: str, name: str, case: dict[str, 
 
 def test_micropython_ran_every_case() -> None:
     assert set(_micropython_results()) == {(f, n) for f, _, n, _ in CASES}
+
+
+@pytest.mark.parametrize("name", ["hmac", "token", "handshake", "audit"])
+def test_lock_vectors_are_what_their_generator_computes(name: str) -> None:
+    # The lock vectors are generated (gen_lock_vectors.py checks each case's
+    # intended outcome); the committed files must not drift from it.
+    import gen_lock_vectors as gen
+
+    cases = getattr(gen, f"{name}_cases")()
+    expected = json.loads(json.dumps({"adapter": name, "cases": cases}))
+    assert runner.load_file(str(VECTORS_DIR / f"{name}.json")) == expected
