@@ -55,7 +55,9 @@ WINDOW_MS = 10_000
 BACKOFF_MS = 5_000
 
 
-def _token(token_key: bytes = TOKEN_KEY, rights: int = RIGHT_UNLOCK | RIGHT_LOCK) -> bytes:
+def _token(
+    token_key: bytes = TOKEN_KEY, rights: int = RIGHT_UNLOCK | RIGHT_LOCK, epoch: int = EPOCH
+) -> bytes:
     tok = T.Token(
         token_id=11,
         holder_id=22,
@@ -63,7 +65,7 @@ def _token(token_key: bytes = TOKEN_KEY, rights: int = RIGHT_UNLOCK | RIGHT_LOCK
         not_before_s=VISIT - 600,
         not_after_s=VISIT + 3000,
         rights=rights,
-        epoch=EPOCH,
+        epoch=epoch,
     )
     return T.sign(HmacKey(token_key), tok)
 

@@ -18,10 +18,10 @@ from test_handshake_verifier import (
     _challenge,
     _lock,
     _session,
+    _token,
 )
 
 from kommune.protocols import audit
-from kommune.protocols import token as T
 from kommune.protocols.audit import EVENT_COMMAND, decode_entry
 from kommune.protocols.errors import BAD_VALUE, RATE_LIMITED, REPLAY, TOO_LATE
 from kommune.protocols.hmac_sha256 import HmacKey
@@ -102,20 +102,6 @@ def test_back_off_entry_names_the_kind_that_caused_it() -> None:
     assert (last.event, last.status, last.arg) == (EVENT_COMMAND, RATE_LIMITED, 0x05)
 
 
-def _token_at(epoch: int) -> tuple[bytes, bytes]:
-    tok = T.Token(
-        token_id=12,
-        holder_id=22,
-        lock_id=LOCK,
-        not_before_s=VISIT - 600,
-        not_after_s=VISIT + 3000,
-        rights=RIGHT_UNLOCK,
-        epoch=epoch,
-    )
-    token = T.sign(HmacKey(TOKEN_KEY), tok)
-    return token, _session(token)
-
-
 def test_one_token_cannot_ratchet_the_epoch_far() -> None:
     # A token minted at a typo'd (or the last) epoch would revoke every
     # other token for good.
@@ -125,7 +111,8 @@ def test_one_token_cannot_ratchet_the_epoch_far() -> None:
         (EPOCH + MAX_EPOCH_STEP + 1, BAD_VALUE, EPOCH),
         (EPOCH + MAX_EPOCH_STEP, OK, EPOCH + MAX_EPOCH_STEP),
     ):
-        token, session = _token_at(epoch)
+        token = _token(rights=RIGHT_UNLOCK, epoch=epoch)
+        session = _session(token)
         ch = _challenge(lock, epoch.to_bytes(16, "big"))
         v = lock.respond(HolderSession(token, session).request(ch, 1, b"h" * 16), 1010, VISIT)
         assert (v.status, lock.epoch, v.epoch_changed) == (status, after, status == OK)
