@@ -88,7 +88,6 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
     name = args.node or "blank"
     async with contextlib.AsyncExitStack() as stack:
         radio: dict[str, str] | None = None
-        bridge: BoardBleBridge | None = None
         try:
             sup = await stack.enter_async_context(Supervisor())
             board = await sup.add_board(
