@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from kommune.hil.fixtures import MakeBoard, board_repl, repl_exec
+from kommune.hil.fixtures import MakeBoard, board_repl, repl_exec, repl_start
 from kommune.hil.harness import Board
 
 pytestmark = pytest.mark.micropython
@@ -164,3 +165,56 @@ def test_typing_ahead_while_code_runs_is_not_lost(board: Board) -> None:
         out = _read_until(console, b"\n42\n")
     assert b"slept" in out
     assert b"\n42\n" in out
+
+
+def test_ctrl_c_stops_a_program_started_with_mpremote_run(board: Board, tmp_path: Path) -> None:
+    # mpremote sends `run` scripts in raw-paste mode, where the unix port does not
+    # switch its terminal back while the code runs: Ctrl-C must still interrupt it.
+    (tmp_path / "loop.py").write_text(
+        "import time\nprint('looping')\nwhile True:\n    time.sleep(1)\n"
+    )
+    run = subprocess.Popen(
+        [MPREMOTE, "connect", board.console, "run", str(tmp_path / "loop.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline().strip() == b"looping"
+    finally:
+        run.send_signal(signal.SIGINT)  # mpremote leaves; the program runs on, as on a board
+        run.communicate(timeout=10)
+    boots = board.boots
+    # The next mpremote's Ctrl-C stops the program (`resume`: no soft reset,
+    # so only the interrupt can free the REPL), and the REPL answers.
+    assert mpremote(board, "resume", "exec", "print(6 * 7)", timeout_s=20) == "42\n"
+    assert "KeyboardInterrupt" in board.console_output()
+    assert board.boots == boots  # interrupted, not rebooted
+
+
+def test_ctrl_c_as_code_ends_never_kills_the_vm(board: Board) -> None:
+    # A Ctrl-C that arrives just as a program ends must reach either the program
+    # (KeyboardInterrupt) or the prompt (a byte), never the port's default SIGINT
+    # action, which ends the VM: sweep it across the end of many short programs.
+    with board_repl(board) as repl:
+        for i in range(150):
+            repl.exec_raw_no_follow(f"for _ in range({i % 15} * 40): pass\nprint({i})")
+            time.sleep((i % 7) / 2000)
+            repl.serial.write(b"\x03")
+            repl.follow(10)
+            repl.serial.write(b"\x01")  # a fresh raw prompt whatever the Ctrl-C did
+            repl.read_until(1, b"raw REPL; CTRL-B to exit\r\n", timeout_overall=10)
+        assert repl.exec("print('alive')") == b"alive\n"
+    assert board.boots == 1 and board.reset_kinds == ["power_on"]
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_the_raw_repl_right_after_a_soft_reset_shows_one_banner(board: Board, trial: int) -> None:
+    # After a soft reset in the raw REPL the board comes back in it; a client
+    # that connects at once must get exactly one raw-REPL banner for its own
+    # Ctrl-A, or mpremote reads the second one as its raw-paste answer.
+    boots = board.boots
+    repl_start(board, "import machine\nmachine.soft_reset()")
+    board.wait_booted(after=boots)
+    time.sleep(trial / 2000)  # connect at a different moment of the reboot each time
+    assert repl_exec(board, "print('once')") == "once\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 
 import pytest
@@ -86,13 +87,14 @@ def test_power_cut_during_a_chosen_flash_write(make_board: MakeBoard, seed: int)
     boots = board.boots
     board.power_on()
     board.wait_booted(after=boots)
+    # Wait for the whole line: the console may have shown only "check" so far.
+    check_line = re.compile(r"check (none|(\d+) (ok|CORRUPT))\r?\n")
     deadline = time.monotonic() + 10
-    while "check" not in board.console_output().rsplit("POWERON_RESET", 1)[-1]:
+    while not (seen := check_line.search(board.console_output().rsplit("POWERON_RESET", 1)[-1])):
         assert time.monotonic() < deadline, board.console_output()
         time.sleep(0.02)
-    tail = board.console_output().rsplit("POWERON_RESET", 1)[-1]
-    assert "CORRUPT" not in board.console_output()
-    found = tail.split("check ", 1)[1].split()[0]
+    assert seen[3] != "CORRUPT" and "CORRUPT" not in board.console_output()
+    found = "none" if seen[1] == "none" else seen[2]
     assert (0 if found == "none" else int(found)) >= versions[-1]
 
 

@@ -9,13 +9,20 @@ around its REPL across a reboot:
   Ctrl-D in the raw REPL, after which a board comes back in the raw REPL) and
   then brings the new VM's REPL into raw mode itself, hiding the friendly
   banner a real board would not print;
-* Ctrl-C is the interrupt character: while the VM runs code and has not
-  disabled it (micropython.kbd_intr(-1)), the byte is taken out of the
-  stream and the VM gets SIGINT (its KeyboardInterrupt); otherwise it is
-  data, as on a board;
+* Ctrl-C is the interrupt character: while the VM executes code with
+  Ctrl-C enabled (a REPL line, a raw-REPL or raw-paste program, boot.py,
+  main.py; not after micropython.kbd_intr(-1)), the byte is taken out of the
+  stream and the VM gets a KeyboardInterrupt (`interrupt.py` says how, without
+  a race); otherwise it is data, as on a board;
 * input that arrives while no VM runs is lost, as on a rebooting board;
   input that arrives while a VM boots waits (a Ctrl-C must not hit the
-  boot script) until the board opens its REPL input (`open_input`).
+  boot script) until the board opens its REPL input (`open_input`);
+* when it brings a rebooted REPL back to raw mode for a client, it shows the
+  raw-REPL banner a board prints then -- unless the client has meanwhile
+  started its own exchange (a Ctrl-C or Ctrl-A: mpremote's "\\r\\x03 ... \\r\\x01"
+  is on its way), which gets its own banner. Showing both would hand the
+  client a second banner after it flushed its input, and mpremote then takes
+  the start of that banner for its raw-paste answer.
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
+import time
+from collections.abc import Callable
 
-from kommune.hil.ptys import ClientPort, vm_running_code
+from kommune.hil.interrupt import interrupt_if_catching
+from kommune.hil.ptys import ClientPort
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+RAW_PROMPT = RAW_BANNER + b">"
 FRIENDLY_BANNER = b'Type "help()" for more information.\r\n'
 FRIENDLY_PROMPT = FRIENDLY_BANNER + b">>> "
 BANNER_START = b"MicroPython "
@@ -37,11 +47,18 @@ _TAIL = max(len(RAW_BANNER), len(FRIENDLY_PROMPT))
 _HOLD_LIMIT = 64 * 1024
 _RECENT = 4096
 _WAITING_LIMIT = 4096
+#: Ctrl-Cs this close together are one interrupt. A board just raises the
+#: pending KeyboardInterrupt again; the unix port exits on a second SIGINT
+#: that arrives before it raised the first.
+INTERRUPT_COALESCE_S = 0.1
 
 
 class Console:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_settled: Callable[[], None] | None = None
+    ) -> None:
         self._loop = loop
+        self._on_settled = on_settled  # called when a raw-mode re-entry is done
         self._port = ClientPort()
         self.path = self._port.path
         self._vm: int | None = None  # master fd of the running VM's terminal
@@ -50,9 +67,11 @@ class Console:
         self._input_open = False  # the VM booted far enough to take console input
         self._waiting = bytearray()  # client input held until then
         self._hold: bytearray | None = None  # VM output held while entering raw mode
+        self._switching = False  # the console sent Ctrl-A; the raw banner is due
         self._tail = b""
         self.raw_mode = False
         self._recent = bytearray()  # the last output, for error messages
+        self._last_interrupt = float("-inf")  # monotonic s of the last Ctrl-C sent as SIGINT
         self._closed = False
         loop.add_reader(self._port.master, self._on_client)
 
@@ -65,8 +84,10 @@ class Console:
         self._vm_pid = vm_pid
         self._tail = b""
         self._hold = bytearray() if enter_raw else None
+        self._switching = False
         self._input_open = False
         self._waiting.clear()
+        self._last_interrupt = float("-inf")
         self.raw_mode = enter_raw
         self._loop.add_reader(vm_master, self._on_vm)
 
@@ -88,6 +109,7 @@ class Console:
         if self._hold:
             self._emit(bytes(self._hold))
         self._hold = None
+        self._switching = False
 
     def _drain_vm(self, fd: int) -> None:
         while True:
@@ -126,20 +148,53 @@ class Console:
             self._emit(data)
             return
         self._hold += data
+        if not self._switching:
+            self._on_friendly_prompt()
+        if self._switching:
+            self._on_raw_prompt()
+        if self._hold is not None and len(self._hold) > _HOLD_LIMIT:
+            # The REPL never came (boot.py loops or printed a lot): show it all.
+            self._emit(bytes(self._hold))
+            self._hold = None
+            self._switching = False
+            self._release()
+            if self._on_settled is not None:
+                self._on_settled()
+
+    def _on_friendly_prompt(self) -> None:
+        """Entering raw mode, step 1: the friendly prompt came; hide it and send Ctrl-A."""
+        assert self._hold is not None
         end = self._hold.find(FRIENDLY_PROMPT)
         if end < 0:
-            if len(self._hold) > _HOLD_LIMIT:  # boot.py never reached the REPL
-                self._emit(bytes(self._hold))
-                self._hold.clear()
             return
         start = self._hold.rfind(BANNER_START, 0, end)
-        shown = bytes(self._hold[: start if start >= 0 else end])
-        rest = bytes(self._hold[end + len(FRIENDLY_PROMPT) :])
-        self._hold = None
-        self._emit(shown + rest)
-        self.raw_mode = True
+        self._emit(bytes(self._hold[: start if start >= 0 else end]))  # what boot.py printed
+        del self._hold[: end + len(FRIENDLY_PROMPT)]
+        self._switching = True
         self._send_to_vm(CTRL_A)
+
+    def _on_raw_prompt(self) -> None:
+        """Step 2: the raw REPL is up; show its banner unless the client started its own."""
+        assert self._hold is not None
+        end = self._hold.find(RAW_PROMPT)
+        if end < 0:
+            return
+        rest = bytes(self._hold[end + len(RAW_PROMPT) :])
+        self._hold = None
+        self._switching = False
+        self._take_client_input()  # decide on everything the client sent up to now
+        if CTRL_A in self._waiting or CTRL_C in self._waiting:
+            self._emit(rest)
+        else:
+            self._emit(RAW_PROMPT + rest)
         self._release()
+        if self._on_settled is not None:
+            self._on_settled()
+
+    @property
+    def settled(self) -> bool:
+        """Not busy bringing a rebooted REPL back to raw mode: what a client sees is final."""
+        return self._hold is None
 
     def _emit(self, data: bytes) -> None:
         self._recent += data
@@ -165,7 +220,13 @@ class Console:
         if self._input_open and self._hold is None and self._waiting:
             data = bytes(self._waiting)
             self._waiting.clear()
-            self._send_to_vm(data)
+            self._deliver(data)
+
+    def _take_client_input(self) -> None:
+        """Move what the client wrote and we have not read yet into `_waiting`."""
+        while data := self._port.read(65536):
+            self._waiting += data
+        del self._waiting[:-_WAITING_LIMIT]
 
     def _on_client(self) -> None:
         data = self._port.read(65536)
@@ -175,22 +236,33 @@ class Console:
             self._waiting += data
             del self._waiting[:-_WAITING_LIMIT]
             return
-        if CTRL_C in data and self._interrupt():
-            data = data.replace(CTRL_C, b"")
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        """Client bytes to the VM; a Ctrl-C the VM takes as an interrupt is not data."""
+        while (i := data.find(CTRL_C)) >= 0:
+            self._send_to_vm(data[:i])
+            if not self._interrupt():
+                self._send_to_vm(CTRL_C)
+            data = data[i + 1 :]
         self._send_to_vm(data)
 
     def _interrupt(self) -> bool:
         """Raise KeyboardInterrupt in the VM if Ctrl-C is its interrupt character now."""
-        fd, pid = self._vm, self._vm_pid
-        if fd is None or pid is None or not vm_running_code(fd) or not _catches_sigint(pid):
+        pid = self._vm_pid
+        if pid is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
+        now = time.monotonic()
+        if now - self._last_interrupt < INTERRUPT_COALESCE_S:
+            return True  # the same interrupt, still on its way
+        if not interrupt_if_catching(pid):
+            return False
+        self._last_interrupt = now
         return True
 
     def _send_to_vm(self, data: bytes) -> None:
         fd = self._vm
-        if fd is None:
+        if fd is None or not data:
             return
         pending = bool(self._to_vm)
         self._to_vm += data
@@ -219,18 +291,8 @@ class Console:
         if self._closed:
             return
         self._closed = True
-        self.detach()
-        self._loop.remove_reader(self._port.master)
-        self._port.close()
-
-
-def _catches_sigint(pid: int) -> bool:
-    """The unix port handles SIGINT while Ctrl-C is enabled (kbd_intr), else leaves it fatal."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
-    except OSError:
-        pass
-    return False
+        try:
+            self.detach()
+        finally:
+            self._loop.remove_reader(self._port.master)
+            self._port.close()

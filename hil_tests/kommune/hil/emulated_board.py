@@ -37,6 +37,7 @@ from kommune.hil.vmprocess import vm_command, vm_environment
 
 if TYPE_CHECKING:
     from kommune.hil.profiles import BoardProfile
+    from kommune.hil.radio.board_ble_bridge import BoardBleBridge
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class EmulatedBoard:
         self._workdir = workdir
         self._env = vm_environment(package_root)
         self._tokens = tokens
-        self.console = Console(loop)
+        self.console = Console(loop, on_settled=self._changed_soon)
         self.handlers = HandlerTable()
         self.hw = Peripherals(
             loop,
@@ -92,6 +93,8 @@ class EmulatedBoard:
             on_reset=self._on_vm_reset,
         )
         self.hw.register(self.handlers)
+        #: The board's radio (`bluetooth.BLE` bridged to an air), set by the supervisor.
+        self.ble: BoardBleBridge | None = None
         self.handlers.request(rigwire.HELLO, self._hello)
         self.handlers.note(rigwire.BOOTED, self._booted)
         self.state = "off"  # off | booting | running | sleeping | failed | closing | closed
@@ -311,6 +314,10 @@ class EmulatedBoard:
             self._timer.cancel()
             self._timer = None
 
+    def _changed_soon(self) -> None:
+        """Wake the waiters of `wait_for` (from a callback)."""
+        self.loop.create_task(self._notify())
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
@@ -321,10 +328,14 @@ class EmulatedBoard:
             await self._changed.wait_for(predicate)
 
     async def wait_booted(self, *, after: int = 0, timeout_s: float = 15.0) -> None:
-        """Wait until a VM started after boot number `after` has booted (flash mounted)."""
+        """Wait until a VM started after boot number `after` has booted: flash mounted and,
+        after a soft reset in the raw REPL, back in it with its banner shown."""
         try:
             await self.wait_for(
-                lambda: self.state == "failed" or (self.boots > after and self._booted_this_boot),
+                lambda: (
+                    self.state == "failed"
+                    or (self.boots > after and self._booted_this_boot and self.console.settled)
+                ),
                 timeout_s,
             )
         except TimeoutError as e:

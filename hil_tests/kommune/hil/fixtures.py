@@ -19,16 +19,16 @@ rig's work directory removed -- and `rig` fails the test if a VM survived.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Unpack
 
 import pytest
 from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
 from kommune.hil.harness import Board, Rig
-from kommune.hil.radio import Air, AirDevice, running_air
+from kommune.hil.radio import Air, running_air
+from kommune.hil.supervisor import BoardOptions
 
 MakeBoard = Callable[..., Board]
 
@@ -59,35 +59,21 @@ def rig() -> Iterator[Rig]:
 
 @pytest.fixture
 def make_board(rig: Rig) -> MakeBoard:
-    """make_board(name="board", profile="esp32", files=None, flash_path=None, ...) -> Board,
-    powered on and booted (unless power_on=False); with radio=<a device on the air> the
-    board's `bluetooth.BLE` is live and `board.ble` is its bridge."""
+    """make_board(name="board", profile="esp32", *, wait=True, **options) -> Board, powered
+    on and booted (unless power_on=False or wait=False); options are `BoardOptions`
+    (files=, flash_path=, heap_kb=, seed=, power_on=, radio=, clock_ppm=). With
+    radio=<a device on the air> the board's `bluetooth.BLE` is live and `board.ble` is
+    its bridge."""
 
     def make(
         name: str = "board",
         profile: str = "esp32",
         *,
-        files: Mapping[str, bytes] | None = None,
-        flash_path: Path | None = None,
-        heap_kb: int | None = None,
-        seed: int = 0,
-        power_on: bool = True,
         wait: bool = True,
-        radio: AirDevice | None = None,
-        clock_ppm: int = 0,
+        **options: Unpack[BoardOptions],
     ) -> Board:
-        b = rig.add_board(
-            name,
-            profile,
-            files=files,
-            flash_path=flash_path,
-            heap_kb=heap_kb,
-            seed=seed,
-            power_on=power_on,
-            radio=radio,
-            clock_ppm=clock_ppm,
-        )
-        if power_on and wait:
+        b = rig.add_board(name, profile, **options)
+        if options.get("power_on", True) and wait:
             b.wait_booted()
         return b
 
@@ -121,31 +107,22 @@ def boards(make_board: MakeBoard) -> Callable[..., list[Board]]:
 
 
 #: mpremote reads a pty with blocking one-byte reads, so without a port timeout a
-#: lost byte hangs it for good; with one, its own overall timeouts apply.
+#: lost byte would hang it for good; with one, its own overall timeouts apply.
 REPL_READ_TIMEOUT_S = 1.0
-#: Entering the raw REPL is tried this often. Once (in CI, right after a boot) the
-#: raw-REPL banner never came; not reproduced since. The unix port flushes unread
-#: terminal input when it switches modes (tcsetattr TCSAFLUSH), the suspect; a
-#: technician, like mpremote's users, simply tries again.
-RAW_REPL_ATTEMPTS = 2
 
 
 def _open_repl(board: Board, *, soft_reset: bool) -> SerialTransport:
-    failure = ""
-    for _ in range(RAW_REPL_ATTEMPTS):
-        transport = SerialTransport(board.console, baudrate=115200)
-        transport.serial.timeout = REPL_READ_TIMEOUT_S
-        try:
-            transport.enter_raw_repl(soft_reset=soft_reset)
-        except TransportError as e:
-            transport.close()
-            failure = str(e)
-            continue
-        return transport
-    raise TransportError(
-        f"{board.name}: could not enter the raw REPL ({failure}); state {board.state}, "
-        f"console:\n{board.console_output()}"
-    )
+    transport = SerialTransport(board.console, baudrate=115200)
+    transport.serial.timeout = REPL_READ_TIMEOUT_S
+    try:
+        transport.enter_raw_repl(soft_reset=soft_reset)
+    except TransportError as e:
+        transport.close()
+        raise TransportError(
+            f"{board.name}: could not enter the raw REPL ({e}); state {board.state}, "
+            f"console:\n{board.console_output()}"
+        ) from e
+    return transport
 
 
 @contextlib.contextmanager

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from kommune.hil import flash
 from kommune.hil.emulated_board import EmulatedBoard
@@ -27,8 +26,7 @@ from kommune.hil.models.pins import PinState
 from kommune.hil.models.pwm import PwmSetting
 from kommune.hil.profiles import DeviceSpec
 from kommune.hil.radio.board_ble_bridge import BoardBleBridge
-from kommune.hil.radio.client import AirDevice
-from kommune.hil.supervisor import Supervisor
+from kommune.hil.supervisor import BoardOptions, Supervisor
 from kommune.hil.uartlink import LineNoise
 
 T = TypeVar("T")
@@ -42,7 +40,6 @@ class Rig:
         )
         self._thread.start()
         self.supervisor = Supervisor()
-        self._bridges: list[BoardBleBridge] = []
         self._closed = False
         try:
             self.run(self.supervisor.start())
@@ -64,60 +61,35 @@ class Rig:
         return self.run(wrapper())
 
     def add_board(
-        self,
-        name: str,
-        profile: str = "esp32",
-        *,
-        flash_path: Path | None = None,
-        files: Mapping[str, bytes] | None = None,
-        heap_kb: int | None = None,
-        seed: int = 0,
-        power_on: bool = True,
-        radio: AirDevice | None = None,
-        clock_ppm: int = 0,
+        self, name: str, profile: str = "esp32", **options: Unpack[BoardOptions]
     ) -> Board:
-        """A new board; with `radio` (a device on an air) its `bluetooth.BLE` is live;
-        `clock_ppm` makes its crystal run fast (> 0) or slow (< 0)."""
-        board = self.run(
-            self.supervisor.add_board(
-                name,
-                profile,
-                flash_path=flash_path,
-                files=files,
-                heap_kb=heap_kb,
-                seed=seed,
-                power_on=power_on and radio is None,
-                clock_ppm=clock_ppm,
-            )
-        )
-        handle = Board(self, board)
-        if radio is not None:
-            # The bridge must be on the rig channel before the VM's first BLE call.
-            handle.ble = self.call(BoardBleBridge, board, radio)
-            self._bridges.append(handle.ble)
-            if power_on:
-                handle.power_on()
-        return handle
+        """A new board (options: `BoardOptions`; with `radio` its `bluetooth.BLE` is live)."""
+        return Board(self, self.run(self.supervisor.add_board(name, profile, **options)))
 
     def all_pids(self) -> list[int]:
         """Every VM process any board of this rig has started."""
         return self.call(lambda: [pid for b in self.supervisor.boards.values() for pid in b.pids])
 
     def close(self) -> None:
+        """Close the supervisor (every board, radio and port), then stop the loop; the
+        loop stops even when closing failed, and the failure is raised."""
         if self._closed:
             return
         self._closed = True
         try:
-            for bridge in self._bridges:
-                self.run(bridge.aclose(), timeout_s=10.0)
             self.run(self.supervisor.aclose(), timeout_s=30.0)
         finally:
             self._stop_loop()
 
     def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10.0)
-        self._loop.close()
+        """Cancel what still runs on the loop and wait for it, as asyncio.run() does, then
+        stop and close the loop."""
+        try:
+            self.run(_cancel_other_tasks(), timeout_s=10.0)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10.0)
+            self._loop.close()
 
     def __enter__(self) -> Rig:
         return self
@@ -126,6 +98,13 @@ class Rig:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Pins:
@@ -163,7 +142,7 @@ class Board:
         self.profile = board.profile
         self.flash_path = board.flash_path
         #: The board's radio (`bluetooth.BLE` bridged to the air), if it has one.
-        self.ble: BoardBleBridge | None = None
+        self.ble: BoardBleBridge | None = board.ble
 
     # -- power ------------------------------------------------------------------
 

@@ -22,13 +22,8 @@ import tty
 UNREAD_LIMIT = 16 * 1024
 
 
-def set_raw(fd: int, *, lflag_marker: int = 0) -> None:
-    """Raw mode, plus `lflag_marker` (local-mode bits that change nothing in raw mode)."""
+def set_raw(fd: int) -> None:
     tty.setraw(fd, termios.TCSANOW)
-    if lflag_marker:
-        attrs = termios.tcgetattr(fd)
-        attrs[3] |= lflag_marker
-        termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
 def set_nonblocking(fd: int) -> None:
@@ -73,25 +68,10 @@ class ClientPort:
                 os.close(fd)
 
 
-#: Set in a VM terminal's settings; the unix port clears all local modes
-#: while it reads a REPL line and restores them while it runs code, so the
-#: marker tells (from the master side) whether code is running.
-RUNNING_MARKER = termios.ECHOCTL
-
-
 def vm_terminal() -> tuple[int, int]:
-    """(master, slave) for one VM's stdin/stdout, raw (no signal characters)."""
+    """(master, slave) for one VM's stdin/stdout, raw (no signal characters: the
+    console decides what a Ctrl-C is, see interrupt.py)."""
     master, slave = os.openpty()
-    set_raw(slave, lflag_marker=RUNNING_MARKER)
+    set_raw(slave)
     set_nonblocking(master)
     return master, slave
-
-
-def vm_running_code(master: int) -> bool:
-    """Whether the VM behind `master` runs code (rather than reading a REPL line).
-
-    On Linux the master reports the slave's terminal settings."""
-    try:
-        return bool(termios.tcgetattr(master)[3] & RUNNING_MARKER)
-    except termios.error:
-        return False

@@ -13,7 +13,6 @@ for a UART's byte stream -- and the token says which board and which boot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import resource
 import shutil
@@ -21,14 +20,37 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TypedDict, Unpack
 
 from kommune.hil import flash, profiles
 from kommune.hil.board import rigwire
 from kommune.hil.emulated_board import EmulatedBoard
+from kommune.hil.radio.board_ble_bridge import BoardBleBridge
+from kommune.hil.radio.client import AirDevice
 from kommune.hil.rigchannel import read_frame
 from kommune.hil.vmprocess import board_package
 
 log = logging.getLogger(__name__)
+
+
+class BoardOptions(TypedDict, total=False):
+    """How to make a board: the one list of options (`Supervisor.add_board`, `Rig.add_board`
+    and the `make_board` fixture all take these)."""
+
+    #: A flash image to use and keep (default: a fresh one in the rig's work directory).
+    flash_path: Path | None
+    #: Files written to the flash before the first boot ({"main.py": b"..."}).
+    files: Mapping[str, bytes] | None
+    #: The VM's heap in 32-bit-word KB (default: the profile's, plus the emulation's share).
+    heap_kb: int | None
+    #: Seed of the board's noise models (ADC, magnetometer, UART line noise).
+    seed: int
+    #: Power on at once (default True).
+    power_on: bool
+    #: A device on a virtual air: the board's `bluetooth.BLE` uses it.
+    radio: AirDevice | None
+    #: The crystal runs this many ppm fast (> 0) or slow (< 0).
+    clock_ppm: int
 
 
 def _raise_fd_limit() -> None:
@@ -65,23 +87,17 @@ class Supervisor:
         await self.aclose()
 
     async def add_board(
-        self,
-        name: str,
-        profile: str = "esp32",
-        *,
-        flash_path: Path | None = None,
-        files: Mapping[str, bytes] | None = None,
-        heap_kb: int | None = None,
-        seed: int = 0,
-        power_on: bool = True,
-        clock_ppm: int = 0,
+        self, name: str, profile: str = "esp32", **options: Unpack[BoardOptions]
     ) -> EmulatedBoard:
-        """A new board; `files` are written to its flash first (kept if `flash_path` is given)."""
+        """A new board; `files` are written to its flash first (kept if `flash_path` is
+        given); with `radio` (a device on an air) its `bluetooth.BLE` is live."""
         if name in self.boards:
             raise ValueError(f"a board named {name!r} exists already")
         prof = profiles.load(profile)
+        flash_path = options.get("flash_path")
         path = flash_path or self.workdir / f"{name.replace('/', '_')}.flash"
         flash.ensure_image(path, prof.flash)
+        files = options.get("files")
         if files:
             flash.write_files(path, prof.flash, files)
         board = EmulatedBoard(
@@ -93,18 +109,21 @@ class Supervisor:
             workdir=self.workdir,
             package_root=self._package_root,
             tokens=self._tokens,
-            heap_kb=heap_kb,
-            seed=seed,
-            clock_ppm=clock_ppm,
+            heap_kb=options.get("heap_kb"),
+            seed=options.get("seed", 0),
+            clock_ppm=options.get("clock_ppm", 0),
         )
         self.boards[name] = board
-        if power_on:
+        radio = options.get("radio")
+        if radio is not None:
+            # On the rig channel before the VM's first BLE call, so before power-on.
+            board.ble = BoardBleBridge(board, radio)
+        if options.get("power_on", True):
             board.power_on()
         return board
 
     async def remove_board(self, name: str) -> None:
-        board = self.boards.pop(name)
-        await board.aclose()
+        await _close_board(self.boards.pop(name))
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -134,16 +153,33 @@ class Supervisor:
             self._connections.discard(task)
 
     async def aclose(self) -> None:
+        """Close every board (its radio, then its VM and ports), the server, the work
+        directory: each step runs even when an earlier one failed; failures are raised
+        together at the end."""
+        errors: list[BaseException] = []
         boards = list(self.boards.values())
         self.boards.clear()
-        await asyncio.gather(*(b.aclose() for b in boards), return_exceptions=True)
+        results = await asyncio.gather(*(_close_board(b) for b in boards), return_exceptions=True)
+        errors += [r for r in results if isinstance(r, BaseException)]
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+            server, self._server = self._server, None
+            try:
+                server.close()
+                await server.wait_closed()
+            except Exception as e:
+                errors.append(e)
         for task in list(self._connections):
             task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._connections, return_exceptions=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if errors:
+            raise BaseExceptionGroup("closing the rig", errors)
+
+
+async def _close_board(board: EmulatedBoard) -> None:
+    """Close a board's radio, then the board, even if the radio's close fails."""
+    try:
+        if board.ble is not None:
+            await board.ble.aclose()
+    finally:
+        await board.aclose()

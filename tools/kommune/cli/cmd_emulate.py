@@ -78,7 +78,6 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
     from kommune.hil.emulated_board import BoardError
     from kommune.hil.flash import FlashError
     from kommune.hil.radio import AirError, running_air
-    from kommune.hil.radio.board_ble_bridge import BoardBleBridge
     from kommune.hil.supervisor import Supervisor
 
     stop = asyncio.Event()
@@ -89,6 +88,13 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
     async with contextlib.AsyncExitStack() as stack:
         radio: dict[str, str] | None = None
         try:
+            device = None
+            if not args.no_radio:
+                # The air first: closing runs backwards, so boards leave it before it goes.
+                air = await stack.enter_async_context(running_air(seed=0))
+                device = await air.add_device(name)
+                host = await air.add_device("host")
+                radio = {"address": device.address, "air": air.control, "host": host.transport}
             sup = await stack.enter_async_context(Supervisor())
             board = await sup.add_board(
                 name,
@@ -96,16 +102,8 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
                 flash_path=args.flash,
                 files=files,
                 heap_kb=args.heap,
-                power_on=args.no_radio,
+                radio=device,
             )
-            if not args.no_radio:
-                air = await stack.enter_async_context(running_air(seed=0))
-                device = await air.add_device(name)
-                host = await air.add_device("host")
-                bridge = BoardBleBridge(board, device)
-                stack.push_async_callback(bridge.aclose)
-                radio = {"address": device.address, "air": air.control, "host": host.transport}
-                board.power_on()
             await board.wait_booted(timeout_s=30.0)
         except (FlashError, BoardError, AirError) as e:
             raise CliError(str(e).splitlines()[0]) from e

@@ -81,7 +81,9 @@ def _boot(rig_path: str, token: str) -> bool:
 
 
 def _run(path: str, g: dict) -> None:
-    """Run a file from flash in the REPL's globals, like pyexec_file."""
+    """Run a file from flash in the REPL's globals, like pyexec_file.
+
+    A KeyboardInterrupt is printed and passed on: Ctrl-C stops the boot."""
     try:
         with open(path) as fp:
             source = fp.read()
@@ -94,6 +96,9 @@ def _run(path: str, g: dict) -> None:
         import machine
 
         machine.soft_reset()
+    except KeyboardInterrupt as e:
+        sys.print_exception(e)
+        raise
     except BaseException as e:  # print it, as the board's pyexec does
         sys.print_exception(e)
 
@@ -105,6 +110,18 @@ def start(g: dict) -> None:
     except BaseException as e:  # a broken rig: report it; the rig gives up on this boot
         sys.print_exception(e)
         return
-    _run("boot.py", g)
-    if run_main:
-        _run("main.py", g)
+    # From BOOTED on, the console passes Ctrl-C on as SIGINT. Wherever it lands
+    # -- in boot.py, main.py or the rig's few lines between them -- booting
+    # stops and the REPL opens, so a client's Ctrl-C right after a boot always
+    # reaches the prompt. (An ESP32 would still run main.py after an
+    # interrupted boot.py; this board is deterministic instead.)
+    import micropython
+
+    try:
+        _run("boot.py", g)
+        if run_main:
+            _run("main.py", g)
+        micropython.kbd_intr(-1)  # the REPL's now: a Ctrl-C is a byte at its prompt
+    except KeyboardInterrupt:
+        micropython.kbd_intr(-1)
+    g.pop("bootseq", None)  # start.py's import: leave the REPL's globals clean
