@@ -5,7 +5,8 @@
     protocols/kommune/protocols/** -> /lib/kommune/protocols/
 
 `/lib` is on a board's sys.path, so the firmware imports `common.*` and
-`kommune.protocols.*` on the board as it does in the source tree.
+`kommune.protocols.*` on the board as it does in the source tree. An installed
+wheel carries the same files (firmware/ as `kommune.firmware`; see paths.py).
 """
 
 from __future__ import annotations
