@@ -92,6 +92,7 @@ def test_emulate_human_output(tmp_path: Path) -> None:
         ([], "give NODE"),
         (["--blank", "--board", "esp8266"], "unknown board 'esp8266'"),
         (["--blank", "--flash", "/no/such/dir/x.img"], "does not exist"),
+        (["--blank", "--format"], "--format is for an image given with --flash"),
     ],
 )
 def test_emulate_errors_are_one_line(args: list[str], message: str) -> None:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -33,7 +34,7 @@ from kommune.hil.console import Console
 from kommune.hil.peripherals import Peripherals
 from kommune.hil.ptys import vm_terminal
 from kommune.hil.rigchannel import HandlerTable, frame, read_frame
-from kommune.hil.vmprocess import vm_command, vm_environment
+from kommune.hil.vmprocess import MIN_HEAP_KB, vm_command, vm_environment
 
 if TYPE_CHECKING:
     from kommune.hil.profiles import BoardProfile
@@ -97,6 +98,10 @@ class EmulatedBoard:
         self.ble: BoardBleBridge | None = None
         self.handlers.request(rigwire.HELLO, self._hello)
         self.handlers.note(rigwire.BOOTED, self._booted)
+        self.handlers.note(rigwire.BOOT_FAILED, self._boot_failed)
+        #: Why the board failed to boot (when `state` is "failed"), in one line.
+        self.failure: str | None = None
+        self._reported: str | None = None  # the VM's BOOT_FAILED reason, for `_fail`
         self.state = "off"  # off | booting | running | sleeping | failed | closing | closed
         self.boots = 0  # VM starts (soft reboots included)
         self.booted_count = 0  # VM starts that mounted the flash and are running
@@ -139,7 +144,18 @@ class EmulatedBoard:
         if self.state not in ("off", "failed", "sleeping"):
             return
         self._cancel_timer()
-        flash.ensure_image(self.flash_path, self.profile.flash)
+        self._reported = None
+        # What the host can check fails the board at once, with its cause.
+        try:
+            flash.ensure_image(self.flash_path, self.profile.flash)
+        except flash.FlashError as e:
+            self._fail(f"flash: {e}")
+            self._changed_soon()
+            return
+        if self.heap_kb < MIN_HEAP_KB:
+            self._fail(f"a heap of {self.heap_kb} KB is too small to boot (at least {MIN_HEAP_KB})")
+            self._changed_soon()
+            return
         kind = "deepsleep" if self.state == "sleeping" else "power_on"
         self._run_main = True
         self._start_vm(kind)
@@ -243,8 +259,13 @@ class EmulatedBoard:
 
     def _boot_timeout(self, boot: int) -> None:
         if boot == self.boots and not self._booted_this_boot and self._proc is not None:
-            log.error("board %s: not booted within %.0f s", self.name, BOOT_TIMEOUT_S)
+            self._reported = f"not booted within {BOOT_TIMEOUT_S:.0f} s{self._console_error()}"
             self._kill("failed")
+
+    def _boot_failed(self, payload: bytes) -> None:
+        """BOOT_FAILED: the VM's boot script failed; end this boot, failing with its reason."""
+        self._reported = payload.decode(errors="replace") or "the boot script failed"
+        self._kill("failed")
 
     def _on_exit(self) -> None:
         assert self._pidfd is not None and self._proc is not None
@@ -306,8 +327,20 @@ class EmulatedBoard:
         return len(self._panics) > 5
 
     def _fail(self, why: str) -> None:
-        log.error("board %s failed: %s; console:\n%s", self.name, why, self.console.recent())
+        """The board stops trying; `why` unless the VM said why itself (BOOT_FAILED)."""
+        reported, self._reported = self._reported, None
+        if reported is None and why == "the VM exited before it booted":
+            why += self._console_error()
+        self.failure = reported or why
+        log.error(
+            "board %s failed: %s; console:\n%s", self.name, self.failure, self.console.recent()
+        )
         self.state = "failed"
+
+    def _console_error(self) -> str:
+        """The last exception line the console shows, as ` (console: ...)`, or ""."""
+        found = re.findall(r"^\w*(?:Error|Exception|Interrupt)\b.*$", self.console.recent(), re.M)
+        return f" (console: {found[-1].strip()})" if found else ""
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -343,7 +376,10 @@ class EmulatedBoard:
                 f"board {self.name}: not booted after {timeout_s} s ({self.state})"
             ) from e
         if self.state == "failed":
-            raise BoardError(f"board {self.name} failed to boot; console:\n{self.console.recent()}")
+            raise BoardError(
+                f"board {self.name} failed to boot: {self.failure}\n"
+                f"console:\n{self.console.recent()}"
+            )
 
     # -- the rig channel ------------------------------------------------------
 

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import resource
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +28,7 @@ from kommune.hil.radio.board_ble_bridge import BoardBleBridge
 from kommune.hil.radio.client import AirDevice
 from kommune.hil.rigchannel import read_frame
 from kommune.hil.vmprocess import board_package
+from kommune.hil.workdirs import make_workdir
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _raise_fd_limit() -> None:
 
 class Supervisor:
     def __init__(self) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="kommune-rig-"))
+        self.workdir = make_workdir("kommune-rig-")
         self.socket_path = self.workdir / "rig.sock"
         self.boards: dict[str, EmulatedBoard] = {}
         self._tokens: dict[str, EmulatedBoard] = {}
@@ -96,7 +96,7 @@ class Supervisor:
         prof = profiles.load(profile)
         flash_path = options.get("flash_path")
         path = flash_path or self.workdir / f"{name.replace('/', '_')}.flash"
-        flash.ensure_image(path, prof.flash)
+        flash_lock = flash.lock_image(path, prof.flash)  # held while the board is open
         files = options.get("files")
         if files:
             flash.write_files(path, prof.flash, files)
@@ -114,6 +114,7 @@ class Supervisor:
             clock_ppm=options.get("clock_ppm", 0),
         )
         self.boards[name] = board
+        flash_lock.hold_for(board)
         radio = options.get("radio")
         if radio is not None:
             # On the rig channel before the VM's first BLE call, so before power-on.

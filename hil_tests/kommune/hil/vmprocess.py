@@ -8,14 +8,20 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
+
+from kommune.hil.workdirs import make_workdir
 
 HIL_DIR = Path(__file__).resolve().parent
 BOARD_SOURCES = HIL_DIR / "board"
 START_SCRIPT = BOARD_SOURCES / "start.py"
 LAUNCHER = HIL_DIR / "vmlaunch.py"
+#: The smallest heap (32-bit-word KB) a board boots with: the emulation's own
+#: modules need about 34 KB (measured: 35 fails, 36 boots a blank board).
+MIN_HEAP_KB = 40
+#: The VM's launcher exits at once if its parent is no longer this process.
+PARENT_PID_ENV = "KOMMUNE_RIG_PID"
 
 
 class VMSetupError(RuntimeError):
@@ -49,7 +55,7 @@ def _mpy_cross() -> str:
 @cache
 def board_package() -> Path:
     """The emulation modules compiled once per process (removed at exit)."""
-    root = Path(tempfile.mkdtemp(prefix="kommune-vm-"))
+    root = make_workdir("kommune-vm-")
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return compile_board_package(root)
 
@@ -102,4 +108,5 @@ def vm_environment(package_root: Path) -> dict[str, str]:
     env["PYTHONPATH"] = _extension_dir()
     # ".frozen" keeps the port's frozen modules (asyncio) importable.
     env["MICROPYPATH"] = f".frozen:{package_root}"
+    env[PARENT_PID_ENV] = str(os.getpid())
     return env

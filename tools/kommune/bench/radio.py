@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 from bleak import BleakClient
 from bleak.backends.device import BLEDevice
+from bleak.exc import BleakError
 from bumble import hci
 
 from kommune.bench import report
@@ -40,7 +41,9 @@ def measure_gatt_rtt_ms(round_trips: int = ROUND_TRIPS) -> float:
 
 
 def run() -> report.Metrics:
-    return asyncio.run(_measure(ROUND_TRIPS, connects=CONNECTS))
+    measured = asyncio.run(_measure(ROUND_TRIPS, connects=CONNECTS))
+    results: report.Metrics = dict(measured)
+    return results
 
 
 async def _measure(round_trips: int, connects: int) -> dict[str, float]:
@@ -66,8 +69,8 @@ async def _measure(round_trips: int, connects: int) -> dict[str, float]:
                     slow = await bench.round_trips_ms(max(10, round_trips // 10))
                     results["gatt_rtt_15ms_interval_ms"] = statistics.median(slow)
                 return results
-    except AirError as e:
-        raise report.BenchError(f"virtual air: {e}") from e
+    except (AirError, BleakError, TimeoutError, OSError) as e:
+        raise report.BenchError(f"virtual air: {str(e).splitlines()[0]}") from e
 
 
 # The echo peripheral as firmware on an emulated board, written against
@@ -118,6 +121,7 @@ def measure_board_gatt_rtt_ms(round_trips: int = ROUND_TRIPS) -> float:
 
 
 async def _measure_board(round_trips: int) -> float:
+    from kommune.hil.emulated_board import BoardError
     from kommune.hil.harness import Rig
 
     try:
@@ -135,8 +139,8 @@ async def _measure_board(round_trips: int) -> float:
                 async with hold_host(edge.transport):
                     bench = _Bench(edge.transport, device.address)
                     return statistics.median(await bench.round_trips_ms(round_trips))
-    except AirError as e:
-        raise report.BenchError(f"virtual air: {e}") from e
+    except (AirError, BoardError, BleakError, TimeoutError, OSError) as e:
+        raise report.BenchError(f"GATT round trip to a board: {str(e).splitlines()[0]}") from e
 
 
 class _Bench:

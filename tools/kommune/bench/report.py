@@ -1,4 +1,10 @@
-"""Benchmark plumbing: a suite's metrics, its human table and its JSON report."""
+"""Benchmark plumbing: a suite's metrics, its human table and its JSON report.
+
+Where a report goes (`report_path`, decided before the suite runs, so a bad
+path costs nothing): by default bench/results/SUITE.json (created as needed);
+`--report DIR`, an existing directory, gets a dated file SUITE-YYYYmmdd-HHMMSS.json;
+`--report FILE` is written (replaced) in its directory, which must exist.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-Metrics = dict[str, float | int]
+#: A metric's value; a string says why a measurement stopped (e.g. rig's max_boards_limit).
+Metrics = dict[str, float | int | str]
 
 
 class BenchError(RuntimeError):
@@ -29,7 +36,9 @@ class Metric:
 class Suite:
     name: str
     metrics: tuple[Metric, ...]
-    run: Callable[[], Metrics]
+    #: Runs the suite; `options` names the keyword arguments it takes from the CLI.
+    run: Callable[..., Metrics]
+    options: tuple[str, ...] = ()
 
 
 def machine_description() -> str:
@@ -51,9 +60,32 @@ def default_report_path(suite: str) -> Path:
     return REPO_ROOT / "bench" / "results" / f"{suite}.json"
 
 
+def report_path(suite: str, given: Path | None, now: dt.datetime | None = None) -> Path:
+    """Where the report goes (see the module's doc); raises BenchError if it cannot be
+    written there."""
+    if given is None:
+        return default_report_path(suite)
+    if given.is_dir():
+        stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+        path, folder = given / f"{suite}-{stamp}.json", given
+    else:
+        path, folder = given, given.parent
+        if not folder.is_dir():
+            raise BenchError(f"--report: directory {folder} does not exist")
+        if path.exists() and not path.is_file():
+            raise BenchError(f"--report: {path} is not a regular file")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise BenchError(f"--report: {path} is not writable")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BenchError(f"--report: directory {folder} is not writable")
+    return path
+
+
 def write(suite: str, results: Metrics, path: Path | None = None) -> Path:
+    """Write the report to `path` (from `report_path`; None: the default place)."""
     path = path or default_report_path(suite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path == default_report_path(suite):
+        path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "suite": suite,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -70,6 +102,8 @@ def render(suite: Suite, results: Metrics) -> str:
         value = results.get(m.key)
         if value is None:
             shown = "-"
+        elif isinstance(value, str):
+            shown = value
         elif float(value).is_integer():
             shown = f"{value:,.0f} {m.unit}".strip()
         else:

@@ -3,6 +3,7 @@
 Each suite lives in `kommune.bench.<suite>` and exposes `SUITE` (a
 `kommune.bench.report.Suite`). Reports go to `bench/results/<suite>.json`
 (git-ignored); the README's table is copied from them with date and machine.
+Where a report may go is checked before the suite runs (`report.report_path`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,24 @@ SUITES = {
     "radio": "virtual BLE air: GATT round trip, connect + discovery, cached services",
 }
 
+EPILOG = """example:
+  kommune bench protocols --json
+  kommune bench rig --max-boards 400 --report /tmp/benches/
+
+--report PATH: an existing directory gets a dated file SUITE-YYYYmmdd-HHMMSS.json;
+any other PATH is the report file itself, written in its directory, which must
+exist (no directories are made). Checked before the suite runs.
+
+suites:
+"""
+
 
 def add_parser(sub: Any, name: str, summary: str) -> None:
     p = sub.add_parser(
         name,
         help=summary,
         description=summary,
-        epilog="example:\n  kommune bench protocols --json\n\nsuites:\n"
-        + "\n".join(f"  {k:<12} {v}" for k, v in SUITES.items()),
+        epilog=EPILOG + "\n".join(f"  {k:<12} {v}" for k, v in SUITES.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("suite", choices=sorted(SUITES), metavar="SUITE", help="which suite to run")
@@ -38,7 +49,17 @@ def add_parser(sub: Any, name: str, summary: str) -> None:
         "--report",
         type=Path,
         default=None,
-        help="where to write the report (default: bench/results/SUITE.json in the source tree)",
+        metavar="PATH",
+        help="where to write the report: a file, or a directory for a dated file"
+        " (default: bench/results/SUITE.json in the source tree)",
+    )
+    p.add_argument(
+        "--max-boards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rig: add idle boards up to N at most (default: 120); the report says how many"
+        " this machine held and what stopped it",
     )
     p.set_defaults(run=run)
 
@@ -48,11 +69,19 @@ def run(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"kommune.bench.{args.suite}")
     suite: report.Suite = module.SUITE
+    options: dict[str, Any] = {}
+    if args.max_boards is not None:
+        if "max_boards" not in suite.options:
+            raise CliError(f"--max-boards is for the rig suite, not {args.suite}")
+        if args.max_boards < 1:
+            raise CliError("--max-boards: give 1 or more")
+        options["max_boards"] = args.max_boards
     try:
-        results = suite.run()
+        path = report.report_path(args.suite, args.report)
+        results = suite.run(**options)
     except report.BenchError as e:
         raise CliError(str(e)) from e
-    path = report.write(args.suite, results, args.report)
+    path = report.write(args.suite, results, path)
     if args.json:
         print(json.dumps(results))
     else:

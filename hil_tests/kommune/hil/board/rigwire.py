@@ -16,6 +16,8 @@
 # answer):
 #   HELLO      req   token:ascii                -> REPLY config:json
 #   BOOTED     note  (empty) -- flash mounted, machine installed; boot.py next
+#   BOOT_FAILED note reason:utf8 -- the boot script failed (e.g. "MemoryError: ...");
+#                    the rig ends this boot and fails the board with the reason
 #   PIN_INIT   req   pin:u8 mode:u8 pull:u8 value:u8 (0xFF = none/keep)
 #                                               -> REPLY level:u8
 #   PIN_WRITE  note  pin:u8 value:u8
@@ -70,6 +72,7 @@ RESET = const(0x0F)
 RTC_SET = const(0x10)
 RTC_MEMORY = const(0x11)
 BOOTED = const(0x12)
+BOOT_FAILED = const(0x13)
 
 # rig -> VM
 REPLY = const(0x80)

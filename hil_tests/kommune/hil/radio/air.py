@@ -1,9 +1,11 @@
 """The air process: one `AirLink`, one HCI port per device, a JSON-lines control channel.
 
 Run it as `python -m kommune.hil.radio.air [--control HOST:PORT] [--seed N]
-[--device NAME[=ADDRESS] ...]`. When ready it prints one JSON line on stdout,
-`{"control": "127.0.0.1:PORT", "devices": [...]}`, then serves until SIGTERM,
-SIGINT or a `shutdown` request. `kommune.hil.radio.client.Air` drives it.
+[--device NAME[=ADDRESS] ...] [--parent-pid PID]`. When ready it prints one JSON
+line on stdout, `{"control": "127.0.0.1:PORT", "devices": [...]}`, then serves
+until SIGTERM, SIGINT or a `shutdown` request -- or, with --parent-pid, until
+process PID (its parent) ends: the kernel then kills it (PR_SET_PDEATHSIG).
+`kommune.hil.radio.client.Air` drives it.
 
 Control channel (TCP, one JSON object per line each way; one reply per request,
 in order; `{"ok": false, "error": "..."}` on failure):
@@ -25,8 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -242,6 +246,15 @@ def _device_arg(text: str) -> tuple[str, str | None]:
     return name, address or None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> bool:
+    """Be killed when the parent's thread that started us ends; False if it is gone."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return os.getppid() == parent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kommune.hil.radio.air",
@@ -255,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         "--device", type=_device_arg, action="append", default=[], metavar="NAME[=ADDRESS]"
     )
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--parent-pid", type=int, metavar="PID", help="exit when this process (the parent) ends"
+    )
     args = parser.parse_args(argv)
+    if args.parent_pid is not None and not _die_with(args.parent_pid):
+        return 1
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     asyncio.run(serve(args.control, args.seed, args.device))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -73,8 +74,13 @@ class Air:
     async def spawn(
         cls, *, seed: int = 0, devices: Iterable[str] = (), log_level: str = "WARNING"
     ) -> Air:
-        """Start `python -m kommune.hil.radio.air` and connect to its control channel."""
+        """Start `python -m kommune.hil.radio.air` and connect to its control channel.
+
+        The air runs in a session of its own (a terminal's Ctrl-C is for this process,
+        which stops the air in order) and dies with this process (--parent-pid: the
+        kernel kills it when the thread that runs this loop ends, SIGKILL included)."""
         args = ["--control", "127.0.0.1:0", "--seed", str(seed), "--log-level", log_level]
+        args += ["--parent-pid", str(os.getpid())]
         for name in devices:
             args += ["--device", name]
         process = await asyncio.create_subprocess_exec(
@@ -84,6 +90,7 @@ class Air:
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         assert process.stdout is not None
         try:
