@@ -3,6 +3,7 @@ a board holds on its image (no VM here: see test_board_boot_failures.py)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -123,3 +124,18 @@ def test_another_process_holding_the_image_is_named(tmp_path: Path) -> None:
     finally:
         holder.communicate("", timeout=10)
     flash.lock_image(image, GEOMETRY).release()  # free again once the holder is gone
+
+
+def test_a_closed_board_frees_its_image_for_other_processes(tmp_path: Path) -> None:
+    from kommune.hil.harness import Rig
+
+    image = tmp_path / "f.img"
+    with Rig() as rig:
+        rig.add_board("lamp-1", flash_path=image, power_on=False)
+        rig.run(rig.supervisor.remove_board("lamp-1"))
+        # Another process (here a fresh open file) gets the lock at once.
+        fd = os.open(image, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)

@@ -71,11 +71,14 @@ class EmulatedBoard:
         heap_kb: int | None = None,
         seed: int = 0,
         clock_ppm: int = 0,
+        flash_lock: flash.FlashLock | None = None,
     ) -> None:
         self.loop = loop
         self.name = name
         self.profile = profile
         self.flash_path = flash_path
+        #: Held while the board is open, released when it closes (flash.lock_image).
+        self.flash_lock = flash_lock
         self.heap_kb = heap_kb or profile.heap_kb + EMULATION_HEAP_KB
         self.unique_id = hashlib.sha256(name.encode()).digest()[:6]
         self._rig_socket = rig_socket
@@ -463,5 +466,11 @@ class EmulatedBoard:
             except TimeoutError:
                 log.error("board %s: VM %s did not exit", self.name, self.pid)
         self.state = "closed"
-        self.console.close()
-        await self.hw.aclose()
+        try:
+            self.console.close()
+        finally:
+            try:
+                await self.hw.aclose()
+            finally:
+                if self.flash_lock is not None:
+                    self.flash_lock.release()

@@ -96,23 +96,28 @@ class Supervisor:
         prof = profiles.load(profile)
         flash_path = options.get("flash_path")
         path = flash_path or self.workdir / f"{name.replace('/', '_')}.flash"
-        flash_lock = flash.lock_image(path, prof.flash)  # held while the board is open
-        files = options.get("files")
-        if files:
-            flash.write_files(path, prof.flash, files)
-        board = EmulatedBoard(
-            asyncio.get_running_loop(),
-            name,
-            prof,
-            path,
-            rig_socket=self.socket_path,
-            workdir=self.workdir,
-            package_root=self._package_root,
-            tokens=self._tokens,
-            heap_kb=options.get("heap_kb"),
-            seed=options.get("seed", 0),
-            clock_ppm=options.get("clock_ppm", 0),
-        )
+        flash_lock = flash.lock_image(path, prof.flash)  # the board releases it when closed
+        try:
+            files = options.get("files")
+            if files:
+                flash.write_files(path, prof.flash, files)
+            board = EmulatedBoard(
+                asyncio.get_running_loop(),
+                name,
+                prof,
+                path,
+                rig_socket=self.socket_path,
+                workdir=self.workdir,
+                package_root=self._package_root,
+                tokens=self._tokens,
+                heap_kb=options.get("heap_kb"),
+                seed=options.get("seed", 0),
+                clock_ppm=options.get("clock_ppm", 0),
+                flash_lock=flash_lock,
+            )
+        except BaseException:
+            flash_lock.release()
+            raise
         self.boards[name] = board
         flash_lock.hold_for(board)
         radio = options.get("radio")

@@ -59,18 +59,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser(command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
         result: int = args.run(args)
     except CliError as e:
-        print(f"kommune {args.command}: error: {e}", file=sys.stderr)
+        print(f"kommune {command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"kommune {args.command}: interrupted", file=sys.stderr)
+        print(f"kommune {command or ''}: interrupted".replace(" :", ":"), file=sys.stderr)
         return 130
     return result
 
