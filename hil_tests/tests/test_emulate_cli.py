@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 import serial
 
 from kommune.hil import flash, profiles
+from kommune.hil.children import spawn_ready, start_ready, stop, stop_sync
 
 pytestmark = pytest.mark.micropython
 
@@ -39,15 +39,12 @@ def _alive(pid: int) -> bool:
 
 def test_emulate_blank_json_console_and_clean_interrupt(tmp_path: Path) -> None:
     image = tmp_path / "board.img"
-    proc = subprocess.Popen(
+    proc, ports = start_ready(
         [KOMMUNE, "emulate", "--blank", "--json", "--flash", str(image)],
-        stdout=subprocess.PIPE,
+        what="kommune emulate",
         stderr=subprocess.PIPE,
-        text=True,
     )
     try:
-        assert proc.stdout is not None
-        ports = json.loads(proc.stdout.readline())
         assert set(ports) >= {"console", "link", "flash", "pid"}
         vm_pids = _children(proc.pid)
         assert ports["pid"] in vm_pids
@@ -61,8 +58,7 @@ def test_emulate_blank_json_console_and_clean_interrupt(tmp_path: Path) -> None:
         with serial.Serial(ports["link"], 9600, timeout=0.2):
             pass  # the node link opens like any serial port
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        _, err = stop_sync(proc, sig=signal.SIGINT, sig_wait_s=20)
     assert proc.returncode == 0, err
     assert not [pid for pid in vm_pids if _alive(pid)], "VM processes outlived kommune emulate"
     # --flash keeps the image: formatted on first boot, readable on the host.
@@ -133,17 +129,12 @@ async def test_emulate_radio_is_reachable_from_a_phone_host() -> None:
 
     from kommune.edge.ble import BleakScannerBumble
 
-    proc = await asyncio.create_subprocess_exec(
-        KOMMUNE,
-        "emulate",
-        "--blank",
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
+    proc, ports = await spawn_ready(
+        [KOMMUNE, "emulate", "--blank", "--json"],
+        what="kommune emulate",
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        assert proc.stdout is not None
-        ports = json.loads(await proc.stdout.readline())
         radio = ports["radio"]
         assert radio["host"].startswith("tcp-client:127.0.0.1:")
         out = await asyncio.to_thread(_repl_exec, ports["console"], ADVERTISE)
@@ -156,5 +147,5 @@ async def test_emulate_radio_is_reachable_from_a_phone_host() -> None:
         assert device.address == radio["address"]
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 0, err.decode()
+        await stop(proc, grace_s=20.0)
+    assert proc.returncode == 0

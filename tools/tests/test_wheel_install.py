@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import pytest
 import serial
+
+from kommune.hil.children import start_ready, stop_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.micropython]
 
@@ -107,17 +108,6 @@ def _inside(path: str, root: Path) -> bool:
     return Path(path).resolve().is_relative_to(root.resolve())
 
 
-def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-        pytest.fail(f"kommune emulate printed no ports within {timeout_s} s; stderr:\n{err}")
-    return line
-
-
 def _read_until(port: serial.Serial, end: bytes, deadline: float) -> bytes:
     seen = b""
     while not seen.endswith(end) and time.monotonic() < deadline:
@@ -192,17 +182,16 @@ def test_the_installed_wheel_emulates_a_board(tmp_path: Path) -> None:
     sources = [REPO, *(REPO / d for d in ("protocols", "edge", "tools", "hil_tests", "firmware"))]
     assert not [p for p in found["sys_path"] if p and Path(p).resolve() in sources]
 
-    proc = subprocess.Popen(
+    proc, ports = start_ready(
         [str(venv / "bin" / "kommune"), "emulate", "--blank", "--json"],
+        what="kommune emulate from the wheel",
+        timeout_s=60,
         cwd=elsewhere,
         env=env,
-        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
     vm_pid = None
     try:
-        ports = json.loads(_read_line(proc, timeout_s=60))
         vm_pid = ports["pid"]
         assert ports["board"] == "esp32"
         out = _raw_repl_exec(
@@ -212,8 +201,7 @@ def test_the_installed_wheel_emulates_a_board(tmp_path: Path) -> None:
         assert out.startswith(b"OKmicropython 42 "), out
         assert out.endswith(b"\x04\x04>"), out  # nothing on stderr
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = stop_sync(proc, sig=signal.SIGINT, sig_wait_s=30)
     assert proc.returncode == 0, err
     assert vm_pid is not None and not _alive(vm_pid), "the VM outlived kommune emulate"
     print(f"wheel built, installed and booted in {time.monotonic() - started:.1f} s")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from kommune.hil import children
 from kommune.hil.radio.link import LinkStats
 from kommune.hil.radio.profile import LinkProfile
 
@@ -83,25 +84,20 @@ class Air:
         args += ["--parent-pid", str(os.getpid())]
         for name in devices:
             args += ["--device", name]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "kommune.hil.radio.air",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        assert process.stdout is not None
         try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                line = await process.stdout.readline()
-            if not line:
-                raise AirError(f"air exited with {await process.wait()} before it was ready")
-            ready = json.loads(line)
+            process, ready = await children.spawn_ready(
+                [sys.executable, "-m", "kommune.hil.radio.air", *args],
+                what="the air",
+                timeout_s=START_TIMEOUT_S,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except children.ChildError as e:
+            raise AirError(str(e)) from e
+        try:
             reader, writer = await _open(ready["control"])
         except BaseException:
-            await _stop(process, grace_s=0.0)
+            await children.stop(process, grace_s=0.0)
             raise
         return cls(ready["control"], reader, writer, process)
 
@@ -120,7 +116,7 @@ class Air:
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
         if self._process is not None:
-            await _stop(self._process, grace_s=STOP_TIMEOUT_S)
+            await children.stop(self._process, grace_s=STOP_TIMEOUT_S)
 
     async def __aenter__(self) -> Self:
         return self
@@ -207,22 +203,3 @@ async def _open(control: str) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
         return await asyncio.open_connection(host, int(port))
     except OSError as e:
         raise AirError(f"cannot reach the air's control channel at {control}: {e}") from e
-
-
-async def _stop(process: asyncio.subprocess.Process, grace_s: float) -> None:
-    """Let the air exit within `grace_s`, else SIGTERM, then SIGKILL; drain its stdout."""
-    try:
-        async with asyncio.timeout(grace_s):
-            await process.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    if process.stdout is not None:
-        await process.stdout.read()
