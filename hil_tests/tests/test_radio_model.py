@@ -7,7 +7,7 @@ import random
 import pytest
 
 from kommune.hil.radio.link import _matches
-from kommune.hil.radio.profile import RX_SENSITIVITY_DBM, LinkProfile, ProfileError
+from kommune.hil.radio.profile import RX_SENSITIVITY_DBM, LinkProfile, LinkProfileError
 from kommune.hil.radio.timing import ConnectionEvents
 
 INTERVAL_S = 0.030
@@ -76,15 +76,15 @@ def test_a_failure_run_longer_than_the_supervision_timeout_drops_the_link() -> N
 
 
 def test_profile_rejects_impossible_values() -> None:
-    with pytest.raises(ProfileError):
+    with pytest.raises(LinkProfileError):
         LinkProfile(interval_ms=5.0)  # below BLE's 7.5 ms
-    with pytest.raises(ProfileError):
+    with pytest.raises(LinkProfileError):
         LinkProfile(loss=1.5)
-    with pytest.raises(ProfileError):
+    with pytest.raises(LinkProfileError):
         LinkProfile(supervision_timeout_ms=50.0)
-    with pytest.raises(ProfileError):
+    with pytest.raises(LinkProfileError):
         LinkProfile().updated({"latency_ms": 3})
-    with pytest.raises(ProfileError):
+    with pytest.raises(LinkProfileError):
         LinkProfile().updated({"loss": "high"})
 
 

@@ -162,14 +162,14 @@ def test_profiles_extend_and_fail_clearly(tmp_path: Path, monkeypatch: pytest.Mo
     parking = profiles.load("esp32-parking")
     assert parking.heap_kb == ESP32.heap_kb and parking.devices[0].model == "qmc5883l"
     assert "esp32" in profiles.available()
-    with pytest.raises(profiles.ProfileError, match="unknown board"):
+    with pytest.raises(profiles.BoardProfileError, match="unknown board"):
         profiles.load("z80")
     monkeypatch.setattr(profiles, "BOARDS_DIR", tmp_path)
     (tmp_path / "bad.json").write_text(json.dumps({"name": "bad"}))
-    with pytest.raises(profiles.ProfileError, match="malformed"):
+    with pytest.raises(profiles.BoardProfileError, match="malformed"):
         profiles.load("bad")
     (tmp_path / "loop.json").write_text(json.dumps({"extends": "loop"}))
-    with pytest.raises(profiles.ProfileError, match="loop"):
+    with pytest.raises(profiles.BoardProfileError, match="loop"):
         profiles.load("loop")
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from kommune.hil import flash
 from kommune.hil.board import rigwire
 from kommune.hil.console import Console
+from kommune.hil.errors import RigError
 from kommune.hil.peripherals import Peripherals
 from kommune.hil.ptys import vm_terminal
 from kommune.hil.rigchannel import HandlerTable, frame, read_frame
@@ -52,7 +53,7 @@ EXT0_WAKE = 2  # machine.wake_reason() values (ESP32)
 TIMER_WAKE = 4
 
 
-class BoardError(RuntimeError):
+class BoardError(RigError):
     """The board did not boot, or was asked for something it cannot do."""
 
 

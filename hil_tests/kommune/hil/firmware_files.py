@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kommune.hil.errors import RigError
 from kommune.hil.paths import FIRMWARE_ROOT, PROTOCOLS_PACKAGE
 
 NOT_NODES = frozenset({"common", "boards"})
 
 
-class FirmwareError(ValueError):
+class FirmwareError(RigError, ValueError):
     """No such node, or no firmware for it yet."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kommune.hil.errors import RigError
 from kommune.hil.paths import FIRMWARE_ROOT
 
 BOARDS_DIR = FIRMWARE_ROOT / "boards"
@@ -15,7 +16,7 @@ BOARDS_DIR = FIRMWARE_ROOT / "boards"
 RESET_KINDS = ("power_on", "brownout", "reset_pin", "watchdog", "deepsleep", "software", "panic")
 
 
-class ProfileError(ValueError):
+class BoardProfileError(RigError, ValueError):
     """A board profile is missing or malformed."""
 
 
@@ -74,13 +75,13 @@ def _raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = BOARDS_DIR / f"{name}.json"
     if not path.is_file():
         known = ", ".join(available()) or "none"
-        raise ProfileError(f"unknown board {name!r} (known: {known})")
+        raise BoardProfileError(f"unknown board {name!r} (known: {known})")
     if name in seen:
-        raise ProfileError(f"board profiles extend each other in a loop: {' -> '.join(seen)}")
+        raise BoardProfileError(f"board profiles extend each other in a loop: {' -> '.join(seen)}")
     try:
         doc: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ProfileError(f"{path}: {e}") from e
+        raise BoardProfileError(f"{path}: {e}") from e
     base = doc.pop("extends", None)
     if base is None:
         return doc
@@ -95,7 +96,7 @@ def load(name: str) -> BoardProfile:
     try:
         missing = [k for k in RESET_KINDS if k not in doc["reset_cause"]]
         if missing:
-            raise ProfileError(f"board {name!r}: reset_cause lacks {', '.join(missing)}")
+            raise BoardProfileError(f"board {name!r}: reset_cause lacks {', '.join(missing)}")
         flash = doc["flash"]
         return BoardProfile(
             name=doc["name"],
@@ -124,9 +125,9 @@ def load(name: str) -> BoardProfile:
             ),
         )
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        if isinstance(e, ProfileError):
+        if isinstance(e, BoardProfileError):
             raise
-        raise ProfileError(f"board {name!r}: malformed profile ({e!r})") from e
+        raise BoardProfileError(f"board {name!r}: malformed profile ({e!r})") from e
 
 
 def profile_path(name: str) -> Path:

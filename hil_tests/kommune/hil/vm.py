@@ -9,8 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kommune.hil.errors import RigError
 
-class VMError(RuntimeError):
+
+class VMError(RigError):
     """The MicroPython VM could not be found or did not run the code."""
 
 

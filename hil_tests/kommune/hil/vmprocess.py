@@ -11,6 +11,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
+from kommune.hil.errors import RigError
 from kommune.hil.workdirs import make_workdir
 
 HIL_DIR = Path(__file__).resolve().parent
@@ -24,7 +25,7 @@ MIN_HEAP_KB = 40
 PARENT_PID_ENV = "KOMMUNE_RIG_PID"
 
 
-class VMSetupError(RuntimeError):
+class VMSetupError(RigError):
     """The emulation modules could not be prepared for the VM."""
 
 

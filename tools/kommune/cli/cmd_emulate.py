@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         profile = profiles.load(args.board)
         files = {} if args.blank else firmware_files.node_files(args.node)
-    except (profiles.ProfileError, firmware_files.FirmwareError) as e:
+    except (profiles.BoardProfileError, firmware_files.FirmwareError) as e:
         raise CliError(str(e)) from e
     if args.heap is not None and not MIN_HEAP_KB <= args.heap <= 65536:
         raise CliError(f"--heap: give {MIN_HEAP_KB} to 65536 KB (the emulation itself needs ~34)")
@@ -187,9 +187,8 @@ async def _start(
     args: argparse.Namespace, files: dict[str, bytes], stack: contextlib.AsyncExitStack
 ) -> tuple[EmulatedBoard, dict[str, str] | None]:
     """Start the air, the supervisor and the board on `stack`; wait until it booted."""
-    from kommune.hil.emulated_board import BoardError
-    from kommune.hil.flash import FlashError
-    from kommune.hil.radio import AirError, running_air
+    from kommune.hil.errors import RigError
+    from kommune.hil.radio import running_air
     from kommune.hil.supervisor import Supervisor
 
     name = args.node or "blank"
@@ -214,7 +213,7 @@ async def _start(
             radio=device,
         )
         await board.wait_booted(timeout_s=30.0)
-    except (FlashError, BoardError, AirError) as e:
+    except RigError as e:
         raise CliError(str(e).splitlines()[0]) from e
     return board, radio
 

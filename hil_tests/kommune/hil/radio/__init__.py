@@ -43,7 +43,7 @@ Loss draws come from a per-connection RNG seeded by (air seed, pair, ordinal).
 
 from kommune.hil.radio.client import Air, AirDevice, AirError, PairStats, running_air
 from kommune.hil.radio.link import LinkStats
-from kommune.hil.radio.profile import RX_SENSITIVITY_DBM, LinkProfile, ProfileError
+from kommune.hil.radio.profile import RX_SENSITIVITY_DBM, LinkProfile, LinkProfileError
 
 __all__ = [
     "RX_SENSITIVITY_DBM",
@@ -51,8 +51,8 @@ __all__ = [
     "AirDevice",
     "AirError",
     "LinkProfile",
+    "LinkProfileError",
     "LinkStats",
     "PairStats",
-    "ProfileError",
     "running_air",
 ]

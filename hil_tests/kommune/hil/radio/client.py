@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from kommune.hil import children
+from kommune.hil.errors import RigError
 from kommune.hil.radio.link import LinkStats
 from kommune.hil.radio.profile import LinkProfile
 
@@ -21,7 +22,7 @@ STOP_TIMEOUT_S = 5.0
 CONNECTION_TIMEOUT = 0x08
 
 
-class AirError(RuntimeError):
+class AirError(RigError):
     """The air did not start, died, or refused a control request."""
 
 

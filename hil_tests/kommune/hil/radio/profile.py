@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from kommune.hil.errors import RigError
+
 #: Weakest signal a receiver still decodes (a typical BLE 1M PHY receiver,
 #: e.g. ESP32: about -97 dBm). A pair below it is out of range.
 RX_SENSITIVITY_DBM = -95.0
@@ -24,7 +26,7 @@ MIN_SUPERVISION_TIMEOUT_MS = 100.0
 MAX_SUPERVISION_TIMEOUT_MS = 32000.0
 
 
-class ProfileError(ValueError):
+class LinkProfileError(RigError, ValueError):
     """A link profile field is out of its range or unknown."""
 
 
@@ -55,17 +57,17 @@ class LinkProfile:
         if self.interval_ms is not None and not (
             MIN_INTERVAL_MS <= self.interval_ms <= MAX_INTERVAL_MS
         ):
-            raise ProfileError(
+            raise LinkProfileError(
                 f"interval_ms {self.interval_ms} outside {MIN_INTERVAL_MS}..{MAX_INTERVAL_MS}"
             )
         if not 0.0 <= self.loss <= 1.0:
-            raise ProfileError(f"loss {self.loss} outside 0..1")
+            raise LinkProfileError(f"loss {self.loss} outside 0..1")
         if not -127.0 <= self.rssi_dbm <= 20.0:
-            raise ProfileError(f"rssi_dbm {self.rssi_dbm} outside -127..20")
+            raise LinkProfileError(f"rssi_dbm {self.rssi_dbm} outside -127..20")
         if self.supervision_timeout_ms is not None and not (
             MIN_SUPERVISION_TIMEOUT_MS <= self.supervision_timeout_ms <= MAX_SUPERVISION_TIMEOUT_MS
         ):
-            raise ProfileError(
+            raise LinkProfileError(
                 f"supervision_timeout_ms {self.supervision_timeout_ms} outside "
                 f"{MIN_SUPERVISION_TIMEOUT_MS}..{MAX_SUPERVISION_TIMEOUT_MS}"
             )
@@ -84,15 +86,15 @@ class LinkProfile:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
-            raise ProfileError(f"unknown link profile field(s): {', '.join(unknown)}")
+            raise LinkProfileError(f"unknown link profile field(s): {', '.join(unknown)}")
         typed: dict[str, float | None] = {}
         for key, value in changes.items():
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
-                raise ProfileError(f"{key} must be a number, not {value!r}")
+                raise LinkProfileError(f"{key} must be a number, not {value!r}")
             if value is None and key in ("loss", "rssi_dbm"):
-                raise ProfileError(f"{key} cannot be null")
+                raise LinkProfileError(f"{key} cannot be null")
             typed[key] = None if value is None else float(value)
         return dataclasses.replace(self, **typed)  # type: ignore[arg-type]
 
