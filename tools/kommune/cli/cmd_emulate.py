@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from kommune.hil.profiles import FlashGeometry
 
 EPILOG = """examples:
-  kommune emulate --blank                   an empty ESP32 board; then: mpremote connect PORT
-  kommune emulate lamp --flash lamp.img     a lamp node whose flash outlives this run
-  kommune emulate --blank --json            one JSON object: {"console": ..., "link": ...}
+  kommune emulate --blank                     an empty ESP32 board; then: mpremote connect PORT
+  kommune emulate --blank --flash board.img   a board whose flash outlives this run
+  kommune emulate --blank --json              one JSON object: {"console": ..., "link": ...}
 
 The board's radio is on a virtual BLE air; a phone or edge host reaches it through
 the printed HCI transport, e.g. with the edge's bleak backend:
@@ -50,7 +50,10 @@ def add_parser(sub: Any, name: str, summary: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "node", nargs="?", metavar="NODE", help="firmware/NODE to flash (lock, lamp, parking)"
+        "node",
+        nargs="?",
+        metavar="NODE",
+        help="a node firmware folder, firmware/NODE, to put on the board",
     )
     p.add_argument(
         "--blank", action="store_true", help="an empty board: formatted flash, no firmware"
