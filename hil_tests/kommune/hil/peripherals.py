@@ -87,9 +87,14 @@ class Peripherals:
             link.detach()
 
     async def aclose(self) -> None:
+        """Stop the watchdog and close every UART, each even if another's close fails."""
         self.watchdog.stop()
-        for link in self.uarts.values():
-            await link.aclose()
+        results = await asyncio.gather(
+            *(link.aclose() for link in self.uarts.values()), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise BaseExceptionGroup("closing the board's UARTs", errors)
 
     # -- the rig channel ------------------------------------------------------
 

@@ -9,7 +9,6 @@ restarts, while the pty path stays the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 
@@ -124,6 +123,7 @@ class UartLink:
         self.tx = PacedLine(self.char_seconds, self._to_client)  # firmware -> pty
         self.rx = PacedLine(self.char_seconds, self._to_vm)  # pty -> firmware
         self._tasks = [loop.create_task(self.tx.run()), loop.create_task(self.rx.run())]
+        self._ended: set[asyncio.Task[None]] = set()  # cancelled reader tasks
         loop.add_reader(self._port.master, self._on_client)
 
     def char_seconds(self) -> float:
@@ -154,6 +154,8 @@ class UartLink:
         """The VM is gone: what was in the UART's FIFOs is lost."""
         if self._reader_task is not None:
             self._reader_task.cancel()
+            self._ended.add(self._reader_task)  # awaited by aclose
+            self._reader_task.add_done_callback(self._ended.discard)
             self._reader_task = None
         if self._writer is not None:
             self._writer.close()
@@ -189,9 +191,10 @@ class UartLink:
     async def aclose(self) -> None:
         self.detach()
         self._loop.remove_reader(self._port.master)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._ended]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._port.close()
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._port.close()
