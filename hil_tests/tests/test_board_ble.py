@@ -251,10 +251,10 @@ print(ble is bluetooth.BLE(), ble.active(), ble.active(True), ble.config("gap_na
 print(ble.config("mac"), ble.config("mtu"))
 print(repr(bluetooth.UUID(0x180F)), bytes(bluetooth.UUID(0x180F)))
 print(repr(bluetooth.UUID("$service")) == "UUID('$service')")
-try:
-    ble.gatts_register_services([(bluetooth.UUID(0x180F), [(bluetooth.UUID(0x2A19), 0x0200)])])
-except ValueError as e:
-    print("refused:", e)
+((level,),) = ble.gatts_register_services(
+    [(bluetooth.UUID(0x180F), [(bluetooth.UUID(0x2A19), bluetooth.FLAG_READ | 0x0200)])]
+)
+print("READ_ENCRYPTED taken", level > 0)
 try:
     ble.gap_advertise(100_000, bytes(32))
 except OSError as e:
@@ -289,11 +289,11 @@ async def test_the_bluetooth_api_from_the_repl(lock: Lock) -> None:
     out = await asyncio.wait_for(repl, 20)
     assert out.splitlines() == [
         "inactive 19",
-        "True False True b'ESP32'",
+        "True False True b'MPY ESP32'",
         "(0, b'\\xf0K\\x00\\x00\\x00!') 256",
         "UUID(0x180f) b'\\x0f\\x18'",
         "True",
-        "refused: characteristic flags 0x0200 are not modelled",
+        "READ_ENCRYPTED taken True",
         "too long 22",
         "writes 3 True",
         "uart b'abcdefgh' b''",

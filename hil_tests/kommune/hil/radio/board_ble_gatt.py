@@ -5,15 +5,23 @@ What it reproduces (MicroPython `bluetooth.BLE` on NimBLE, as on an ESP32):
 - `gatts_register_services` turns a services definition into attributes and
   returns, per service, the value handles of its characteristics with each
   one's descriptors right after it, in definition order. The CCCD of a
-  notify/indicate characteristic is added by the stack and not returned.
+  notify/indicate characteristic is added by the stack right after the value
+  (as NimBLE does: the firmware's descriptors follow it) and not returned.
 - Every characteristic and descriptor value lives in a buffer of 20 bytes by
   default. A central's write is truncated to the buffer (silently, as NimBLE
   does); `gatts_write` from the firmware grows it; `gatts_set_buffer` resizes
   it and empties it, and in append mode a central's writes accumulate (up to
   the size) until the firmware's `gatts_read` takes and clears them.
-- A central may read only a characteristic with FLAG_READ (a descriptor with
-  DESC_FLAG_READ) and write one with FLAG_WRITE or FLAG_WRITE_NO_RESPONSE
-  (DESC_FLAG_WRITE); otherwise it gets READ/WRITE_NOT_PERMITTED.
+- Flags are MicroPython's 16-bit mask, passed to NimBLE as they are. A central
+  may read only a characteristic with FLAG_READ and write one with FLAG_WRITE
+  or FLAG_WRITE_NO_RESPONSE (else READ/WRITE_NOT_PERMITTED); *_ENCRYPTED and
+  *_AUTHENTICATED are enforced as NimBLE's ble_att_svr_check_perms does
+  (Insufficient Authentication, or Insufficient Encryption when the central
+  is bonded but has not encrypted the link); *_AUTHORIZED is accepted and has
+  no effect (NimBLE leaves it to a callback MicroPython does not install).
+  Descriptors take the same flag constants; NimBLE keeps only READ and
+  WRITE/WRITE_NO_RESPONSE of them (no security on descriptors). Bits nobody
+  uses are ignored.
 
 Definitions are JSON-able: a UUID is an int (16- or 32-bit) or a str (128-bit,
 "6e400001-b5a3-f393-e0a9-e50e24dcca9e"); lists stand for tuples.
@@ -22,8 +30,8 @@ Definitions are JSON-able: a UUID is an int (16- or 32-bit) or a str (128-bit,
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from bumble import att, gatt
 from bumble.core import UUID
@@ -31,25 +39,29 @@ from bumble.device import Connection
 from bumble.gatt_server import Server
 from bumble.profiles.gatt_service import GenericAttributeProfileService
 
-# Characteristic flags (MicroPython's bluetooth.FLAG_*; the low byte is the
-# GATT properties field).
+# Characteristic and descriptor flags (MicroPython's bluetooth.FLAG_*). The low
+# byte is the GATT properties field; the high byte is NimBLE's security flags.
 FLAG_BROADCAST = 0x0001
 FLAG_READ = 0x0002
 FLAG_WRITE_NO_RESPONSE = 0x0004
 FLAG_WRITE = 0x0008
 FLAG_NOTIFY = 0x0010
 FLAG_INDICATE = 0x0020
-# What the model implements; security flags (AUX_WRITE, *_ENCRYPTED,
-# *_AUTHENTICATED, *_AUTHORIZED, signed writes) need pairing, which it has not.
-MODELLED_FLAGS = (
-    FLAG_BROADCAST | FLAG_READ | FLAG_WRITE_NO_RESPONSE | FLAG_WRITE | FLAG_NOTIFY | FLAG_INDICATE
-)
-# Descriptor flags: on NimBLE these are ATT flags (aioble's _FLAG_DESC_READ/WRITE).
-DESC_FLAG_READ = 0x01
-DESC_FLAG_WRITE = 0x02
-MODELLED_DESC_FLAGS = DESC_FLAG_READ | DESC_FLAG_WRITE
+FLAG_AUTHENTICATED_SIGNED_WRITE = 0x0040
+FLAG_RELIABLE_WRITE = 0x0080  # not MicroPython's; NimBLE's BLE_GATT_CHR_F_RELIABLE_WRITE
+FLAG_AUX_WRITE = 0x0100
+FLAG_READ_ENCRYPTED = 0x0200
+FLAG_READ_AUTHENTICATED = 0x0400
+FLAG_READ_AUTHORIZED = 0x0800
+FLAG_WRITE_ENCRYPTED = 0x1000
+FLAG_WRITE_AUTHENTICATED = 0x2000
+FLAG_WRITE_AUTHORIZED = 0x4000
+PROPERTY_EXTENDED = 0x80
 
 DEFAULT_BUFFER_SIZE = 20  # MP_BLUETOOTH_DEFAULT_ATTR_LEN
+# GAP Appearance: MicroPython has no config for it, so an ESP32 serves ESP-IDF's
+# CONFIG_BT_NIMBLE_SVC_GAP_APPEARANCE default, 0x0000 ("Unknown").
+APPEARANCE = 0x0000
 # Descriptors the stack owns: a definition may not declare them.
 STACK_DESCRIPTORS = (
     gatt.GATT_CHARACTERISTIC_EXTENDED_PROPERTIES_DESCRIPTOR,
@@ -59,6 +71,33 @@ STACK_DESCRIPTORS = (
 Uuid = int | str
 # (conn_handle, value_handle, raw bytes the central wrote)
 WriteListener = Callable[[int, int, bytes], None]
+
+
+class LinkSecurity(Protocol):
+    """What the server needs to know about a link to enforce the security flags."""
+
+    def encrypted(self, connection: Connection) -> bool: ...
+
+    def authenticated(self, connection: Connection) -> bool:
+        """Encrypted with a key from MITM-protected pairing."""
+        ...
+
+    def bonded(self, connection: Connection) -> Awaitable[bool]:
+        """The store holds a long-term key for this peer."""
+        ...
+
+
+class NoSecurity:
+    """A server whose links are never encrypted (no pairing)."""
+
+    def encrypted(self, connection: Connection) -> bool:
+        return bool(connection.is_encrypted)
+
+    def authenticated(self, connection: Connection) -> bool:
+        return False
+
+    async def bonded(self, connection: Connection) -> bool:
+        return False
 
 
 class BleError(OSError):
@@ -101,24 +140,52 @@ class ValueBuffer:
         self.data = b""
 
 
+class _Access:
+    """What one value requires of a central (NimBLE's BLE_ATT_F_* for it)."""
+
+    __slots__ = ("authenticated", "encrypted", "permitted")
+
+    def __init__(self, permitted: bool, encrypted: bool = False, authenticated: bool = False):
+        self.permitted = permitted
+        self.encrypted = encrypted
+        self.authenticated = authenticated
+
+
 class _Slot:
     """The Bumble-facing side of one value: permission checks and the write event."""
 
-    def __init__(self, readable: bool, writable: bool, on_write: WriteListener) -> None:
+    def __init__(
+        self, read: _Access, write: _Access, on_write: WriteListener, security: LinkSecurity
+    ) -> None:
         self.buffer = ValueBuffer()
-        self.readable = readable
-        self.writable = writable
+        self.read_access = read
+        self.write_access = write
         self.on_write = on_write
+        self.security = security
         self.attribute: att.Attribute[bytes] | None = None
 
-    def read(self, _connection: Connection) -> bytes:
-        if not self.readable:
-            raise att.ATT_Error(att.ATT_READ_NOT_PERMITTED_ERROR)
+    async def _check(self, connection: Connection, access: _Access, denied: int) -> None:
+        # NimBLE's ble_att_svr_check_perms: permission; an unencrypted link gets
+        # Insufficient Encryption if the peer is bonded (it should encrypt), else
+        # Insufficient Authentication (it should pair); then MITM protection.
+        if not access.permitted:
+            raise att.ATT_Error(denied)
+        if (access.encrypted or access.authenticated) and not self.security.encrypted(connection):
+            bonded = await self.security.bonded(connection)
+            raise att.ATT_Error(
+                att.ATT_INSUFFICIENT_ENCRYPTION_ERROR
+                if bonded
+                else att.ATT_INSUFFICIENT_AUTHENTICATION_ERROR
+            )
+        if access.authenticated and not self.security.authenticated(connection):
+            raise att.ATT_Error(att.ATT_INSUFFICIENT_AUTHENTICATION_ERROR)
+
+    async def read(self, connection: Connection) -> bytes:
+        await self._check(connection, self.read_access, att.ATT_READ_NOT_PERMITTED_ERROR)
         return self.buffer.data
 
-    def write(self, connection: Connection, value: bytes) -> None:
-        if not self.writable:
-            raise att.ATT_Error(att.ATT_WRITE_NOT_PERMITTED_ERROR)
+    async def write(self, connection: Connection, value: bytes) -> None:
+        await self._check(connection, self.write_access, att.ATT_WRITE_NOT_PERMITTED_ERROR)
         self.buffer.remote_write(value)
         assert self.attribute is not None
         self.on_write(connection.handle, self.attribute.handle, value)
@@ -167,16 +234,17 @@ def _pair(item: object, what: str) -> tuple[object, int, Sequence[Any]]:
 class GattTable:
     """The registered services: Bumble attributes plus MicroPython's value store."""
 
-    def __init__(self, on_write: WriteListener) -> None:
+    def __init__(self, on_write: WriteListener, security: LinkSecurity | None = None) -> None:
         self._on_write = on_write
+        self._security = security or NoSecurity()
         self._slots: dict[int, _Slot] = {}  # value handle -> slot
         self._characteristics: dict[int, gatt.Characteristic[bytes]] = {}
 
     def build(
-        self, definition: Sequence[Any]
+        self, definition: Sequence[Any], server: Server
     ) -> tuple[list[gatt.Service], Callable[[], tuple[tuple[int, ...], ...]]]:
-        """Bumble services for `definition`, and a function giving the handle tuples
-        once the services are in a server (which assigns the handles)."""
+        """Bumble services for `definition` (to add to `server`), and a function
+        giving the handle tuples once they are in it (which assigns the handles)."""
         if isinstance(definition, str | bytes) or not isinstance(definition, Sequence):
             raise ValueError("services definition must be a sequence")
         services: list[gatt.Service] = []
@@ -195,7 +263,7 @@ class GattTable:
             slots: list[_Slot] = []
             members: list[gatt.Characteristic[bytes]] = []
             for characteristic_def in characteristic_defs:
-                characteristic, new_slots = self._characteristic(characteristic_def)
+                characteristic, new_slots = self._characteristic(characteristic_def, server)
                 members.append(characteristic)
                 slots += new_slots
             characteristics += members
@@ -216,30 +284,40 @@ class GattTable:
 
         return services, handles
 
-    def _characteristic(self, item: object) -> tuple[gatt.Characteristic[bytes], list[_Slot]]:
+    def _characteristic(
+        self, item: object, server: Server
+    ) -> tuple[gatt.Characteristic[bytes], list[_Slot]]:
         uuid, flags, descriptor_defs = _pair(item, "characteristic")
-        if flags & ~MODELLED_FLAGS:
-            raise ValueError(
-                f"characteristic flags 0x{flags & ~MODELLED_FLAGS:04x} are not modelled"
-            )
+        flags &= 0xFFFF  # a uint16_t in MicroPython
         slot = _Slot(
-            readable=bool(flags & FLAG_READ),
-            writable=bool(flags & (FLAG_WRITE | FLAG_WRITE_NO_RESPONSE)),
+            read=_Access(
+                bool(flags & FLAG_READ),
+                encrypted=bool(flags & FLAG_READ_ENCRYPTED),
+                authenticated=bool(flags & FLAG_READ_AUTHENTICATED),
+            ),
+            write=_Access(
+                bool(flags & (FLAG_WRITE | FLAG_WRITE_NO_RESPONSE)),
+                encrypted=bool(flags & FLAG_WRITE_ENCRYPTED),
+                authenticated=bool(flags & FLAG_WRITE_AUTHENTICATED),
+            ),
             on_write=self._on_write,
+            security=self._security,
         )
         slots = [slot]
         descriptors: list[gatt.Descriptor] = []
+        properties = flags & 0x7F
+        if flags & (FLAG_RELIABLE_WRITE | FLAG_AUX_WRITE):
+            properties |= PROPERTY_EXTENDED  # NimBLE adds no Extended Properties descriptor
         for descriptor_def in descriptor_defs:
             d_uuid, d_flags, _ = _pair(descriptor_def, "descriptor")
-            if d_flags & ~MODELLED_DESC_FLAGS:
-                raise ValueError(f"descriptor flags 0x{d_flags:02x} are not modelled")
             descriptor_uuid = parse_uuid(d_uuid)
             if descriptor_uuid in STACK_DESCRIPTORS:
                 raise ValueError(f"descriptor {descriptor_uuid} belongs to the stack")
             d_slot = _Slot(
-                readable=bool(d_flags & DESC_FLAG_READ),
-                writable=bool(d_flags & DESC_FLAG_WRITE),
+                read=_Access(bool(d_flags & FLAG_READ)),
+                write=_Access(bool(d_flags & (FLAG_WRITE | FLAG_WRITE_NO_RESPONSE))),
                 on_write=self._on_write,
+                security=self._security,
             )
             descriptor = gatt.Descriptor(
                 descriptor_uuid,
@@ -251,11 +329,14 @@ class GattTable:
             slots.append(d_slot)
         characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
             parse_uuid(uuid),
-            gatt.Characteristic.Properties(flags & 0xFF),
+            gatt.Characteristic.Properties(properties),
             gatt.Characteristic.Permissions.READABLE | gatt.Characteristic.Permissions.WRITEABLE,
             slot.value(),
-            descriptors=descriptors,
         )
+        if properties & (FLAG_NOTIFY | FLAG_INDICATE):
+            # NimBLE puts the CCCD right after the value; Bumble would append it.
+            descriptors.insert(0, _cccd(server, characteristic))
+        characteristic.descriptors = descriptors
         slot.attribute = characteristic
         return characteristic, slots
 
@@ -278,6 +359,18 @@ class GattTable:
         return characteristic
 
 
+def _cccd(server: Server, characteristic: gatt.Characteristic[bytes]) -> gatt.Descriptor:
+    """The Client Characteristic Configuration descriptor, served by Bumble's server."""
+    return gatt.Descriptor(
+        gatt.GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR,
+        gatt.Descriptor.Permissions.READABLE | gatt.Descriptor.Permissions.WRITEABLE,
+        att.AttributeValueV2(
+            read=lambda bearer: server.read_cccd(bearer, characteristic),
+            write=lambda bearer, value: server.write_cccd(bearer, characteristic, value),
+        ),
+    )
+
+
 def reset_server(
     server: Server, gap_name: Callable[[], bytes], mtu: int, *, database_hash: bool
 ) -> None:
@@ -298,7 +391,7 @@ def reset_server(
         gatt.GATT_APPEARANCE_CHARACTERISTIC,
         gatt.Characteristic.Properties.READ,
         gatt.Characteristic.Permissions.READABLE,
-        bytes(2),
+        APPEARANCE.to_bytes(2, "little"),
     )
     server.add_service(gatt.Service(gatt.GATT_GENERIC_ACCESS_SERVICE, [name, appearance]))
     server.add_service(GenericAttributeProfileService(database_hash_enabled=database_hash))

@@ -38,6 +38,23 @@ ATT_CID = 0x0004
 ESTABLISHMENT_EVENTS = 6
 
 
+# HCI_LE_Set_Advertising_Parameters advertising types (Core Vol 4, Part E, 7.8.5)
+LEGACY_CONNECTABLE = (0x00, 0x01, 0x04)  # ADV_IND, ADV_DIRECT_IND (high, low duty)
+LEGACY_SCANNABLE = (0x00, 0x02)  # ADV_IND, ADV_SCAN_IND
+LEGACY_DIRECTED = (0x01, 0x04)
+
+
+@dataclass(frozen=True)
+class Advertising:
+    """How one advertiser advertises: the PDU's properties and its scan response."""
+
+    connectable: bool
+    scannable: bool
+    directed: bool
+    legacy: bool
+    scan_response_data: bytes
+
+
 @dataclass
 class LinkStats:
     """What happened on one pair of devices since the air started."""
@@ -99,15 +116,31 @@ class AirLink(LocalLink):
             return None
         return connection.events.interval_s * 1000, connection.events.supervision_timeout_s * 1000
 
-    def scan_response_data(self, advertiser: Controller, address: hci.Address) -> bytes:
-        """The scan response `advertiser` set for the advertising it does as `address`."""
+    def advertising(self, advertiser: Controller, address: hci.Address) -> Advertising | None:
+        """What `advertiser` advertises as `address` now (None: nothing, or it stopped)."""
         legacy = advertiser.le_legacy_advertiser
         if legacy.enabled and legacy.address == address:
-            return legacy.scan_response_data
+            kind = legacy.advertising_type
+            return Advertising(
+                connectable=kind in LEGACY_CONNECTABLE,
+                scannable=kind in LEGACY_SCANNABLE,
+                directed=kind in LEGACY_DIRECTED,
+                legacy=True,
+                scan_response_data=legacy.scan_response_data,
+            )
         for advertising_set in advertiser.advertising_sets.values():
             if advertising_set.enabled and advertising_set.address == address:
-                return bytes(advertising_set.scan_response_data)
-        return b""
+                properties = 0
+                if advertising_set.parameters is not None:
+                    properties = int(advertising_set.parameters.advertising_event_properties)
+                return Advertising(
+                    connectable=bool(properties & 0x01),
+                    scannable=bool(properties & 0x02),
+                    directed=bool(properties & 0x04),
+                    legacy=bool(properties & 0x10),
+                    scan_response_data=bytes(advertising_set.scan_response_data),
+                )
+        return None
 
     # -- faults ---------------------------------------------------------------
 
