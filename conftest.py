@@ -1,4 +1,5 @@
-"""Suite-wide settings: hypothesis profiles (CI is thorough and deterministic)."""
+"""Suite-wide settings: hypothesis profiles (CI is thorough and deterministic), and the
+rig's fixtures (rig, board, boards, make_board, air) for every test folder."""
 
 import os
 
@@ -14,3 +15,5 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+pytest_plugins = ["hil_tests.testing.fixtures"]

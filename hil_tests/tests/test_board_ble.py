@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from bleak import BleakClient, BleakScanner
 
+from hil_tests.testing.fixtures import MakeBoard
+from hil_tests.testing.repl import repl_exec
 from kommune.edge.ble import (
     BleakClientBumble,
     BleakScannerBumble,
     NotificationQueue,
     forget_cached_services,
 )
-from kommune.hil.fixtures import MakeBoard, repl_exec
 from kommune.hil.harness import Board
 from kommune.hil.radio import Air
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ble_support import ConsoleWatch
 
-from kommune.hil.fixtures import MakeBoard
+from hil_tests.testing.fixtures import MakeBoard
 from kommune.hil.radio import Air
 from kommune.hil.radio.board_ble import BoardBle
 

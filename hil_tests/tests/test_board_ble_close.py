@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from ble_support import ConsoleWatch, loop_errors
 
-from kommune.hil.fixtures import MakeBoard
+from hil_tests.testing.fixtures import MakeBoard
 from kommune.hil.radio import Air, AirDevice, running_air
 from kommune.hil.radio.board_ble import BoardBle
 

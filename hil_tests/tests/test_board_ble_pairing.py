@@ -14,8 +14,8 @@ from ble_support import ConsoleWatch
 from bleak import BleakClient
 from bleak.exc import BleakGATTProtocolError, BleakGATTProtocolErrorCode
 
+from hil_tests.testing.fixtures import MakeBoard
 from kommune.edge.ble import BleakClientBumble, forget_cached_services
-from kommune.hil.fixtures import MakeBoard
 from kommune.hil.harness import Board
 from kommune.hil.radio import Air
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from hil_tests.testing.fixtures import MakeBoard
 from kommune.hil import emulated_board, flash, profiles
 from kommune.hil.emulated_board import BoardError
-from kommune.hil.fixtures import MakeBoard
 from kommune.hil.harness import Board, Rig
 
 pytestmark = pytest.mark.micropython

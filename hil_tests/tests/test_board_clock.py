@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from kommune.hil.fixtures import MakeBoard, repl_exec
+from hil_tests.testing.fixtures import MakeBoard
+from hil_tests.testing.repl import repl_exec
 
 pytestmark = pytest.mark.micropython
 

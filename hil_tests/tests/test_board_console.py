@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from kommune.hil.fixtures import MakeBoard, board_repl, repl_exec, repl_start
+from hil_tests.testing.fixtures import MakeBoard
+from hil_tests.testing.repl import board_repl, repl_exec, repl_start
 from kommune.hil.harness import Board
 
 pytestmark = pytest.mark.micropython

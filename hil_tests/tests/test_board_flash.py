@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kommune.hil.fixtures import MakeBoard
+from hil_tests.testing.fixtures import MakeBoard
 from kommune.hil.harness import Board
 
 pytestmark = pytest.mark.micropython

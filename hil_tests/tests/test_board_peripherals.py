@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from kommune.hil.fixtures import MakeBoard, repl_exec
+from hil_tests.testing.fixtures import MakeBoard
+from hil_tests.testing.repl import repl_exec
 from kommune.hil.harness import Board
 from kommune.hil.models.magnetometer import MagneticScene
 

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from kommune.hil.fixtures import MakeBoard, repl_exec, repl_start
+from hil_tests.testing.fixtures import MakeBoard
+from hil_tests.testing.repl import repl_exec, repl_start
 from kommune.hil.harness import Board
 
 pytestmark = pytest.mark.micropython

@@ -8,7 +8,8 @@ import time
 import pytest
 import serial
 
-from kommune.hil.fixtures import MakeBoard, repl_exec
+from hil_tests.testing.fixtures import MakeBoard
+from hil_tests.testing.repl import repl_exec
 from kommune.hil.harness import Board
 
 pytestmark = pytest.mark.micropython
