@@ -14,7 +14,7 @@ import json
 import struct
 import sys
 
-from . import bleirq, blewire, rigwire
+from . import bleirq, blewire
 from . import rig as _rig
 from .bleuuid import UUID, raw, wire
 
@@ -58,21 +58,7 @@ def _send(kind: int, payload: bytes = b"") -> None:
 def _call_answering(kind: int, payload: bytes) -> bytes:
     # rig.call, but a BLE_ASK is answered at once instead of after the reply:
     # while the radio starts, NimBLE calls the IRQ handler from its own task.
-    r = _rig.get()
-    r.send(kind, payload)
-    while True:
-        got, body = r._read_frame()
-        if got == rigwire.REPLY:
-            break
-        if got == rigwire.FAIL:
-            r._raise(body)
-        if got == blewire.BLE_ASK:
-            _on_ask(body)
-        else:
-            r._events.append((got, body))
-    if r._events:
-        r.service()
-    return body
+    return _rig.get().call(kind, payload, blewire.BLE_ASK, _on_ask)
 
 
 def _dispatch(body: bytes, at: int) -> object:

@@ -83,8 +83,12 @@ class Rig:
     def send(self, kind: int, payload: bytes = b"") -> None:
         self.sock.write(frame(kind, payload))
 
-    def call(self, kind: int, payload: bytes = b"") -> bytes:
-        """Send a request and return its REPLY payload; FAIL raises."""
+    def call(
+        self, kind: int, payload: bytes = b"", urgent_kind: int = -1, urgent: object = None
+    ) -> bytes:
+        """Send a request and return its REPLY payload; FAIL raises. Events wait for the
+        reply, except frames of `urgent_kind`: `urgent(payload)` runs at once (the rig
+        waits for their answer before it replies)."""
         self.send(kind, payload)
         while True:
             got, body = self._read_frame()
@@ -92,7 +96,10 @@ class Rig:
                 break
             if got == rigwire.FAIL:
                 self._raise(body)
-            self._events.append((got, body))
+            if got == urgent_kind:
+                urgent(body)  # type: ignore[operator]
+            else:
+                self._events.append((got, body))
         if self._events:
             self.service()
         return body
