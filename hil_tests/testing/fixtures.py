@@ -28,16 +28,9 @@ from kommune.hil.harness import Board, Rig
 from kommune.hil.radio import Air, running_air
 from kommune.hil.supervisor import BoardOptions
 
+from .processes import running
+
 MakeBoard = Callable[..., Board]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -50,7 +43,7 @@ def rig() -> Iterator[Rig]:
         pids = r.all_pids()
         workdir = r.supervisor.workdir
         r.close()
-        stray = [pid for pid in pids if _alive(pid)]
+        stray = [pid for pid in pids if running(pid)]
         assert not stray, f"VM processes outlived the rig: {stray}"
         assert not workdir.exists(), f"rig work directory left behind: {workdir}"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -13,28 +12,13 @@ from pathlib import Path
 import pytest
 import serial
 
+from hil_tests.testing.processes import descendants, running
 from kommune.hil import flash, profiles
 from kommune.hil.children import spawn_ready, start_ready, stop, stop_sync
 
 pytestmark = pytest.mark.micropython
 
 KOMMUNE = str(Path(sys.executable).with_name("kommune"))
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_emulate_blank_json_console_and_clean_interrupt(tmp_path: Path) -> None:
@@ -46,7 +30,7 @@ def test_emulate_blank_json_console_and_clean_interrupt(tmp_path: Path) -> None:
     )
     try:
         assert set(ports) >= {"console", "link", "flash", "pid"}
-        vm_pids = _children(proc.pid)
+        vm_pids = descendants(proc.pid)
         assert ports["pid"] in vm_pids
         with serial.Serial(ports["console"], 115200, timeout=0.2) as console:
             console.write(b"\r\x03print('board', 6 * 7)\r")
@@ -60,7 +44,7 @@ def test_emulate_blank_json_console_and_clean_interrupt(tmp_path: Path) -> None:
     finally:
         _, err = stop_sync(proc, sig=signal.SIGINT, sig_wait_s=20)
     assert proc.returncode == 0, err
-    assert not [pid for pid in vm_pids if _alive(pid)], "VM processes outlived kommune emulate"
+    assert not [pid for pid in vm_pids if running(pid)], "VM processes outlived kommune emulate"
     # --flash keeps the image: formatted on first boot, readable on the host.
     assert flash.list_files(image, profiles.load("esp32").flash) == ["/boot.py"]
 

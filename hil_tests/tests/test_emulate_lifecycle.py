@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from hil_tests.testing.processes import cmdline, descendants, running
 from kommune.hil import flash, profiles
 
 pytestmark = pytest.mark.micropython
@@ -27,34 +28,6 @@ GEOMETRY = profiles.load("esp32").flash
 #: "Within a second or two" (the boot timeout that hid these causes was 30 s), with
 #: room for the command's own start-up on a loaded machine.
 PROMPT_S = 5.0
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for tasks in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            children = [int(c) for c in tasks.read_text().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += [child, *_descendants(child)]
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whoever adopted it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _emulate(
@@ -221,15 +194,15 @@ def test_sigkill_leaves_no_process_and_the_next_start_cleans_up(private_tmp: Pat
     env = {**os.environ, "TMPDIR": str(private_tmp)}
     killed = _emulate("--blank", "--json", env=env)
     _ports(killed)
-    children = _descendants(killed.pid)
-    commands = " | ".join(_cmdline(pid) for pid in children)
+    children = descendants(killed.pid)
+    commands = " | ".join(cmdline(pid) for pid in children)
     assert "kommune.hil.radio.air" in commands and "vmlaunch.py" in commands, commands
     killed.kill()
     killed.communicate(timeout=10)
     deadline = time.monotonic() + 2.0
-    while (left := [p for p in children if _running(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in children if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not left, f"outlived a SIGKILLed kommune emulate: {[_cmdline(p) for p in left]}"
+    assert not left, f"outlived a SIGKILLed kommune emulate: {[cmdline(p) for p in left]}"
     stale = set(private_tmp.glob("kommune-*"))
     assert {p.name.rsplit("-", 1)[0] for p in stale} == {"kommune-rig", "kommune-vm"}
 
@@ -270,7 +243,7 @@ def _when_child(proc: subprocess.Popen[str], marker: str) -> Callable[[], bool]:
     def appeared() -> bool:
         deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline:
-            if any(marker in _cmdline(p) for p in _descendants(proc.pid)):
+            if any(marker in cmdline(p) for p in descendants(proc.pid)):
                 return True
             time.sleep(0.001)
         return False
@@ -296,7 +269,7 @@ def test_ctrl_c_at_any_moment_is_quiet(moment: str) -> None:
     else:
         wait = lambda: bool(_ports(proc))  # noqa: E731
     assert wait(), f"kommune emulate never got to {moment}"
-    children = _descendants(proc.pid)
+    children = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     if reader is not None:  # it reads stderr
         proc.wait(timeout=30)
@@ -313,4 +286,4 @@ def test_ctrl_c_at_any_moment_is_quiet(moment: str) -> None:
         assert (proc.returncode, lines) == (0, [])
     else:  # abandoned -- unless the board got ready in the meantime
         assert (proc.returncode, lines) in ((130, ["kommune emulate: interrupted"]), (0, [])), err
-    assert not [p for p in children if _running(p)], "a child outlived kommune emulate"
+    assert not [p for p in children if running(p)], "a child outlived kommune emulate"

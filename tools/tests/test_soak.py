@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from hil_tests.testing.processes import running
+
 SOAK = Path(__file__).resolve().parents[1] / "soak.py"
 
 PASSING = """
@@ -63,17 +65,6 @@ def _soak(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead, only not yet reaped
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _hog_pids(stdout: str) -> list[int]:
     match = re.search(r"^hogs: (\d+) busy processes \(pids ([\d ]+)\)$", stdout, re.M)
     assert match, stdout
@@ -112,7 +103,7 @@ def test_hogs_run_meanwhile_and_are_gone_afterwards(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.rstrip().endswith("no failures in 2 runs")
     hogs = _hog_pids(proc.stdout)
-    assert not [pid for pid in hogs if _alive(pid)], "a hog outlived the soak"
+    assert not [pid for pid in hogs if running(pid)], "a hog outlived the soak"
 
 
 def test_a_process_left_behind_is_killed_and_counted(tmp_path: Path) -> None:
@@ -124,9 +115,9 @@ def test_a_process_left_behind_is_killed_and_counted(tmp_path: Path) -> None:
     )
     assert match, proc.stdout
     deadline = time.monotonic() + 5
-    while _alive(int(match[1])) and time.monotonic() < deadline:
+    while running(int(match[1])) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(int(match[1]))
+    assert not running(int(match[1]))
 
 
 def test_an_interrupt_stops_the_run_and_the_hogs(tmp_path: Path) -> None:
@@ -154,8 +145,8 @@ def test_an_interrupt_stops_the_run_and_the_hogs(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 130, out + err
     assert "soak: interrupted (SIGINT) after 0 runs" in out
-    assert not _alive(pytest_pid), "the pytest run outlived the soak"
-    assert not [pid for pid in _hog_pids(out) if _alive(pid)], "a hog outlived the soak"
+    assert not running(pytest_pid), "the pytest run outlived the soak"
+    assert not [pid for pid in _hog_pids(out) if running(pid)], "a hog outlived the soak"
 
 
 @pytest.mark.parametrize("args", [["--runs", "0"], ["--runs", "x"]])

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from hil_tests.testing.processes import running
 from kommune.hil.children import start_ready, stop_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.micropython]
@@ -136,14 +137,6 @@ def _raw_repl_exec(console: str, code: str, timeout_s: float = 15.0) -> bytes:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_the_installed_wheel_emulates_a_board(tmp_path: Path) -> None:
     started = time.monotonic()
     wheel = _build_wheel(tmp_path)
@@ -203,5 +196,5 @@ def test_the_installed_wheel_emulates_a_board(tmp_path: Path) -> None:
     finally:
         _, err = stop_sync(proc, sig=signal.SIGINT, sig_wait_s=30)
     assert proc.returncode == 0, err
-    assert vm_pid is not None and not _alive(vm_pid), "the VM outlived kommune emulate"
+    assert vm_pid is not None and not running(vm_pid), "the VM outlived kommune emulate"
     print(f"wheel built, installed and booted in {time.monotonic() - started:.1f} s")
