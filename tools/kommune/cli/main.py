@@ -19,6 +19,7 @@ from kommune.cli.errors import CliError
 COMMANDS: dict[str, tuple[str, str]] = {
     "emulate": ("cmd_emulate", "start an emulated board and print its console and link ports"),
     "bench": ("cmd_bench", "run a benchmark suite and write its report"),
+    "edge": ("cmd_edge", "check a site file, or run the edge agent for it"),
 }
 
 EPILOG = """examples:

@@ -1,0 +1,83 @@
+"""Which parts the agent runs, and how each is built from the site file.
+
+`PARTS` is the list, in start order (the host stops them in reverse). Plugging a part
+in is one line here: how to build it from the site (and from parts built before it),
+and what to do when it crashes. A builder returns None when the site does not call for
+the part (e.g. no [[links]]: no node links). Imports happen inside the builders, so
+`kommune edge check` does not load what only `run` needs.
+
+    PartSpec(_outbox, on_crash=OnCrash.STOP_AGENT),  # def _outbox(w): return OutboxPart(w.site)
+    PartSpec(_uplink, stop_weight=6.0),  # the outbox part: w.part("outbox", OutboxPart)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from kommune.edge.agent.process import DEFAULT_START_TIMEOUT_S, Host, OnCrash, Part
+from kommune.edge.agent.site import Site
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What a builder gets: the site, the host, and the parts built before."""
+
+    site: Site
+    host: Host
+
+    def part(self, name: str, kind: type[T]) -> T:
+        """The part called `name` built earlier in PARTS, as a `kind`."""
+        for part in self.host.parts:
+            if part.name == name:
+                if not isinstance(part, kind):
+                    raise TypeError(f"part {name!r} is a {type(part).__name__}, not {kind}")
+                return part
+        raise LookupError(f"no part {name!r} is built before this one (see PARTS)")
+
+
+@dataclass(frozen=True, slots=True)
+class PartSpec:
+    build: Callable[[Wiring], Part | None]
+    on_crash: OnCrash = OnCrash.RESTART
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    #: Its share of agent.stop_timeout_s against the parts still to stop (see Host.add).
+    stop_weight: float = 1.0
+
+
+def _health(w: Wiring) -> Part:
+    from kommune.edge.agent.health import HealthServer
+
+    bind = w.site.health
+    return HealthServer(bind.host, bind.port, status=w.host.status, collect=w.host.metrics)
+
+
+def _heartbeat(w: Wiring) -> Part:
+    from kommune.edge.agent.heartbeat import Heartbeat
+
+    return Heartbeat()
+
+
+#: The agent's parts in start order. The health endpoint comes first and goes last, so
+#: /healthz answers (503) while the others start and stop.
+PARTS: tuple[PartSpec, ...] = (
+    PartSpec(_health),
+    PartSpec(_heartbeat),
+)
+
+
+def build(site: Site, host: Host, specs: Sequence[PartSpec] = PARTS) -> None:
+    """Build the parts `specs` call for and add them to `host`, in order."""
+    wiring = Wiring(site, host)
+    for spec in specs:
+        part = spec.build(wiring)
+        if part is not None:
+            host.add(
+                part,
+                on_crash=spec.on_crash,
+                start_timeout_s=spec.start_timeout_s,
+                stop_weight=spec.stop_weight,
+            )
