@@ -1,0 +1,174 @@
+"""Retransmissions: a node resends an event until it is acknowledged, so the outbox must
+recognise one it already committed (queued or already delivered, within the dedup
+window, also across a restart) and acknowledge it without storing it twice. Node
+sequence numbers wrap and restart after a reboot, so it is a window, not a high-water
+mark, and a reused number with different content is a new event."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import pytest
+from outbox_producer import T0_MS, event, stored_rows
+
+from kommune.edge.northbound import Priority
+from kommune.edge.outbox import Outbox
+
+BUDGET = 64 << 20
+WINDOW_S = 600
+
+
+class Clock:
+    """A settable Unix clock in ms for the outbox."""
+
+    def __init__(self) -> None:
+        self.now_ms = T0_MS
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, seconds: float) -> None:
+        self.now_ms += int(seconds * 1000)
+
+
+async def open_outbox(path: Path, clock: Clock) -> Outbox:
+    return await Outbox.open(
+        path, agent="edge-1", budget_bytes=BUDGET, dedup_window_s=WINDOW_S, clock_ms=clock
+    )
+
+
+def keys(path: Path) -> list[tuple[str, int]]:
+    return [(stream, source_seq) for _, stream, source_seq, _ in stored_rows(path)]
+
+
+def recent_keys(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM recent").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def test_a_retransmission_of_a_queued_event_is_acknowledged_not_stored(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        assert await outbox.append([event("bay-1/occupancy", 5)]) == [1]
+        clock.advance(WINDOW_S - 1)
+        assert await outbox.append([event("bay-1/occupancy", 5), event("bay-1/occupancy", 6)]) == [
+            None,
+            2,
+        ]
+        assert keys(path) == [("bay-1/occupancy", 5), ("bay-1/occupancy", 6)]
+        assert (outbox.stats.appended, outbox.stats.duplicates) == (2, 1)
+
+
+async def test_a_retransmission_after_the_uplink_delivered_it_is_recognised(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        await outbox.append([event("lock-1/audit", 1), event("lock-1/audit", 2)])
+        await outbox.acknowledge(await outbox.next_batch(Priority.AUDIT, 10))
+        assert keys(path) == []
+        clock.advance(60)
+        assert await outbox.append([event("lock-1/audit", 2), event("lock-1/audit", 3)]) == [
+            None,
+            3,
+        ]
+        assert keys(path) == [("lock-1/audit", 3)]
+
+
+async def test_duplicates_within_one_append_and_across_concurrent_ones(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        same = [event("lamp-1/energy", 1), event("lamp-1/energy", 1), event("lamp-1/energy", 2)]
+        results = await asyncio.gather(
+            outbox.append(same), outbox.append(same[1:]), outbox.append(same[:1])
+        )
+        # One commit holds all three; the first occurrence is the one stored.
+        assert list(results) == [[1, None, 2], [None, None], [None]]
+        assert keys(path) == [("lamp-1/energy", 1), ("lamp-1/energy", 2)]
+
+
+async def test_a_retransmission_is_recognised_after_a_restart(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        await outbox.append([event("bay-2/occupancy", s) for s in range(100, 110)])
+    clock.advance(120)
+    async with await open_outbox(path, clock) as outbox:
+        # The agent died after committing, before the node heard its ack: it resends.
+        assert await outbox.append([event("bay-2/occupancy", s) for s in range(105, 112)]) == [
+            None
+        ] * 5 + [11, 12]
+    assert len(keys(path)) == 12
+
+
+async def test_after_the_window_the_same_key_is_a_new_event(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        await outbox.append([event("lamp-1/energy", 1)])
+        clock.advance(WINDOW_S + 1)
+        # The node's counter came round again: same source_seq, a new event.
+        assert await outbox.append([event("lamp-1/energy", 1)]) == [2]
+        # And the new one is remembered from now on.
+        clock.advance(WINDOW_S - 1)
+        assert await outbox.append([event("lamp-1/energy", 1)]) == [None]
+
+
+async def test_a_reused_number_with_new_content_is_a_new_event(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        await outbox.append([event("bay-1/occupancy", 1, 1), event("bay-1/occupancy", 2, 0)])
+        clock.advance(30)
+        # The node rebooted and counts from 1 again; its first event says something else.
+        assert await outbox.append([event("bay-1/occupancy", 1, 0)]) == [3]
+        # A retransmission of that new event is recognised as one.
+        assert await outbox.append([event("bay-1/occupancy", 1, 0)]) == [None]
+        assert len(keys(path)) == 3
+
+
+async def test_the_time_stamp_is_not_part_of_what_a_retransmission_repeats(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        first = event("lamp-1/energy", 9)
+        await outbox.append([first])
+        # The producer stamped the retransmitted frame with the time it arrived.
+        resent = dataclasses.replace(first, time_ms=first.time_ms + 2_000)
+        assert await outbox.append([resent]) == [None]
+
+
+async def test_old_keys_are_pruned_so_the_dedup_table_stays_small(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        await outbox.append([event("lamp-1/energy", s) for s in range(1, 501)])
+        assert recent_keys(path) == 500
+        clock.advance(WINDOW_S / 2)
+        await outbox.append([event("lamp-1/energy", s) for s in range(501, 511)])
+        await outbox.maintain()
+        assert recent_keys(path) == 510
+        clock.advance(WINDOW_S / 2 + 1)
+        await outbox.maintain()
+        assert recent_keys(path) == 10
+        # Pruned keys are forgotten; kept ones still count.
+        assert await outbox.append([event("lamp-1/energy", 1), event("lamp-1/energy", 505)]) == [
+            511,
+            None,
+        ]
