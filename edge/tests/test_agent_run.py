@@ -62,7 +62,10 @@ def test_healthy_then_a_signal_stops_it_cleanly_within_the_bound(
     assert {name: part["state"] for name, part in health["parts"].items()} == {
         "health": "up",
         "heartbeat": "up",
+        "outbox": "up",
     }
+    assert health["parts"]["outbox"]["queued"] == {"audit": 0, "occupancy": 0, "telemetry": 0}
+    assert (tmp_path / "state" / "outbox.sqlite3").exists()
     assert descendants(agent.pid) == []  # the agent starts no processes
     assert (tmp_path / "state" / "agent.lock").read_text() == f"{agent.pid}\n"
 
@@ -80,7 +83,7 @@ def test_healthy_then_a_signal_stops_it_cleanly_within_the_bound(
     assert ("agent", f"stopping ({sig.name})") in messages
     # Parts stop in the reverse of their start order.
     stops = [part for part, message in messages if message == "stopped" and part != "agent"]
-    assert stops == ["heartbeat", "health"]
+    assert stops == ["outbox", "heartbeat", "health"]
 
 
 def test_metrics_parse_as_prometheus_text(tmp_path: Path, agents: list[AgentProcess]) -> None:
@@ -97,6 +100,10 @@ def test_metrics_parse_as_prometheus_text(tmp_path: Path, agents: list[AgentProc
     assert families["kommune_part_up"].samples == {
         (("part", "health"),): 1,
         (("part", "heartbeat"),): 1,
+        (("part", "outbox"),): 1,
+    }
+    assert families["kommune_outbox_rows"].samples == {
+        (("class", c),): 0 for c in ("audit", "occupancy", "telemetry")
     }
     assert (
         families["kommune_http_requests_total"].samples[(("path", "/healthz"), ("code", "200"))]

@@ -61,11 +61,19 @@ def _heartbeat(w: Wiring) -> Part:
     return Heartbeat()
 
 
+def _outbox(w: Wiring) -> Part:
+    from kommune.edge.agent.outbox_part import OutboxPart
+
+    return OutboxPart(w.site)
+
+
 #: The agent's parts in start order. The health endpoint comes first and goes last, so
 #: /healthz answers (503) while the others start and stop.
 PARTS: tuple[PartSpec, ...] = (
     PartSpec(_health),
     PartSpec(_heartbeat),
+    # Everything going north passes through it: without it the agent must not run.
+    PartSpec(_outbox, on_crash=OnCrash.STOP_AGENT),
 )
 
 
