@@ -16,4 +16,4 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-pytest_plugins = ["hil_tests.testing.fixtures"]
+pytest_plugins = ["hil_tests.testing.fixtures", "hil_tests.testing.mosquitto"]
