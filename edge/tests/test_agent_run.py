@@ -63,6 +63,7 @@ def test_healthy_then_a_signal_stops_it_cleanly_within_the_bound(
         "health": "up",
         "heartbeat": "up",
         "outbox": "up",
+        "uplink": "up",
     }
     assert health["parts"]["outbox"]["queued"] == {"audit": 0, "occupancy": 0, "telemetry": 0}
     assert (tmp_path / "state" / "outbox.sqlite3").exists()
@@ -83,7 +84,7 @@ def test_healthy_then_a_signal_stops_it_cleanly_within_the_bound(
     assert ("agent", f"stopping ({sig.name})") in messages
     # Parts stop in the reverse of their start order.
     stops = [part for part, message in messages if message == "stopped" and part != "agent"]
-    assert stops == ["outbox", "heartbeat", "health"]
+    assert stops == ["uplink", "outbox", "heartbeat", "health"]
 
 
 def test_metrics_parse_as_prometheus_text(tmp_path: Path, agents: list[AgentProcess]) -> None:
@@ -101,6 +102,7 @@ def test_metrics_parse_as_prometheus_text(tmp_path: Path, agents: list[AgentProc
         (("part", "health"),): 1,
         (("part", "heartbeat"),): 1,
         (("part", "outbox"),): 1,
+        (("part", "uplink"),): 1,
     }
     assert families["kommune_outbox_rows"].samples == {
         (("class", c),): 0 for c in ("audit", "occupancy", "telemetry")

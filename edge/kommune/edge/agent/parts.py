@@ -67,6 +67,13 @@ def _outbox(w: Wiring) -> Part:
     return OutboxPart(w.site)
 
 
+def _uplink(w: Wiring) -> Part:
+    from kommune.edge.agent.outbox_part import OutboxPart
+    from kommune.edge.agent.uplink_part import UplinkPart
+
+    return UplinkPart(w.site, w.part("outbox", OutboxPart))
+
+
 #: The agent's parts in start order. The health endpoint comes first and goes last, so
 #: /healthz answers (503) while the others start and stop.
 PARTS: tuple[PartSpec, ...] = (
@@ -74,6 +81,9 @@ PARTS: tuple[PartSpec, ...] = (
     PartSpec(_heartbeat),
     # Everything going north passes through it: without it the agent must not run.
     PartSpec(_outbox, on_crash=OnCrash.STOP_AGENT),
+    # Stops first (the host stops in reverse) and drains for up to its drain_s: a bigger
+    # share of the stop budget.
+    PartSpec(_uplink, stop_weight=6.0),
 )
 
 
