@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ from agent_support import (
 from hil_tests.testing.processes import descendants, running
 
 STOP_TIMEOUT_S = 10.0
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    """Agents a test starts; any still running at the end are killed and reaped."""
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.close()
 
 
 def _start(agents: list[AgentProcess], site: Path, *args: str) -> AgentProcess:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from agent_support import MINIMAL_SITE, AgentProcess, http_get
 
 from hil_tests.testing.mosquitto import Mosquitto
@@ -19,14 +18,6 @@ from kommune.edge.northbound import Event, Priority
 from kommune.edge.outbox.outbox import Outbox
 
 AGENT = "test-agent"
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.close()
 
 
 def _site(folder: Path, broker_port: int) -> Path:
