@@ -1,17 +1,17 @@
 """The agent's state directory (outbox.dir), and the lock that keeps it to one agent.
 
-The directory is made (mode 0700) if it is missing. `agent.lock` in it is held with
-flock(2) for the agent's life and holds its pid: a second agent on the same directory
-is refused with the holder's pid. The kernel drops the lock when the process ends, how
-ever it ends (SIGKILL, a power cut), so a stale file never blocks the next start.
+The directory is made (mode 0700) if it is missing. `agent.lock` in it is held for the
+agent's life (`kommune.edge.pidlock`): a second agent on the same directory is refused
+with the holder's pid.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 from typing import Final
+
+from kommune.edge import pidlock
 
 LOCK_NAME: Final = "agent.lock"
 
@@ -39,14 +39,11 @@ def lock(path: Path) -> StateLock:
     except OSError as e:
         raise StateDirError(f"{path} (outbox.dir): {e.strerror or e}") from e
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        pidlock.claim(fd)
+    except pidlock.LockHeld as e:
         os.close(fd)
-        raise StateDirError(f"another agent (pid {holder}) runs on {path} (outbox.dir)") from None
+        raise StateDirError(f"another agent (pid {e.holder}) runs on {path} (outbox.dir)") from None
     except OSError as e:
         os.close(fd)
         raise StateDirError(f"{path / LOCK_NAME}: {e.strerror or e}") from e
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return StateLock(path, fd)

@@ -6,7 +6,6 @@ Everything here is blocking; the outbox runs it on its SQLite thread.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
+from kommune.edge import pidlock
 from kommune.edge.outbox.errors import OutboxError, OutboxInUse, OutboxSchemaError
 from kommune.edge.outbox.schema import DDL, EXPECTED_TABLES, SCHEMA_VERSION
 
@@ -67,16 +67,13 @@ class FileLock:
                 f"cannot open the outbox {path}: {error.strerror or error}"
             ) from error
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            pidlock.claim(self._fd)
+        except pidlock.LockHeld as e:
             self.release()
-            raise OutboxInUse(f"{path} is in use by another outbox (process {holder})") from None
+            raise OutboxInUse(f"{path} is in use by another outbox (process {e.holder})") from None
         except BaseException:
             self.release()
             raise
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:
