@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from agent_support import MINIMAL_SITE, AgentProcess, http_get
 
 from hil_tests.testing.mosquitto import Mosquitto
 from hil_tests.testing.mqtt_backend import Backend
+from hil_tests.testing.waiting import wait_until
 from kommune.edge.agent.outbox_part import DATABASE_NAME
 from kommune.edge.northbound import Event, Priority
 from kommune.edge.outbox.outbox import Outbox
@@ -25,16 +24,6 @@ def _site(folder: Path, broker_port: int) -> Path:
     text = MINIMAL_SITE.replace("tls = false", f"tls = false\nport = {broker_port}")
     path.write_text(text + '\n[outbox]\ndir = "state"\n\n[health]\nbind = "127.0.0.1:0"\n')
     return path
-
-
-def _poll(condition: Callable[[], bool], timeout_s: float) -> bool:
-    """Ask `condition` (an HTTP endpoint: nothing to wait on) until it holds or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _events(stream: str, priority: Priority, count: int, first: int = 1) -> list[Event]:
@@ -80,7 +69,9 @@ async def test_a_backlog_reaches_the_backend_once_the_agent_runs(
             parts = http_get(port, "/healthz").json()["parts"]
             return sum(parts["outbox"]["queued"].values()) == 0 and parts["uplink"]["connected"]
 
-        assert await asyncio.to_thread(_poll, drained, 30.0), "the outbox never drained"
+        await asyncio.to_thread(
+            wait_until, drained, 30.0, what="the outbox drained", interval_s=0.05
+        )
         agent.signal(signal.SIGTERM)
         assert await asyncio.to_thread(agent.wait) == 0
 

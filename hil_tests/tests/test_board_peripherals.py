@@ -10,17 +10,11 @@ import pytest
 
 from hil_tests.testing.fixtures import MakeBoard
 from hil_tests.testing.repl import repl_exec
+from hil_tests.testing.waiting import wait_until
 from kommune.hil.harness import Board
 from kommune.hil.models.magnetometer import MagneticScene
 
 pytestmark = pytest.mark.micropython
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 # A button on GPIO4 (pull-up, pressed = low) toggles a lamp on GPIO2 and steps
