@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -71,7 +72,8 @@ def test_info_label_refuses_unknown_purpose_or_lock(purpose: str, lock_id: int) 
 
 
 @given(
-    st.binary(min_size=32, max_size=32).filter(lambda k: len(set(k)) > 1), st.integers(1, 2**32 - 2)
+    st.binary(min_size=32, max_size=32).map(lambda b: hashlib.sha256(b).digest()),
+    st.integers(1, 2**32 - 2),
 )
 def test_every_purpose_and_lock_gets_its_own_key(site_key: bytes, lock_id: int) -> None:
     mine = keys.derive_lock_keys(site_key, lock_id)
@@ -85,7 +87,7 @@ def test_every_purpose_and_lock_gets_its_own_key(site_key: bytes, lock_id: int) 
 def test_derivation_is_hkdf_with_the_label() -> None:
     site = bytes(range(0x10, 0x30))
     expected = keys.hkdf_sha256(site, info=b"kommune/v1/lock/edge/\x00\x00\x03\xf9", length=32)
-    assert keys.derive_lock_key(site, "edge", 1017) == expected
+    assert keys.derive_lock_key(site, "edge", 1017, test_key=True) == expected
 
 
 def test_golden_vectors_use_derived_keys() -> None:
@@ -94,7 +96,7 @@ def test_golden_vectors_use_derived_keys() -> None:
     lock = next(c for c in doc["cases"] if c["name"] == "transcript_unlock_lock_side")["args"][
         "lock"
     ]
-    derived = keys.derive_lock_keys(bytes(range(0x10, 0x30)), lock["lock_id"])
+    derived = keys.derive_lock_keys(bytes(range(0x10, 0x30)), lock["lock_id"], test_key=True)
     assert lock["token_key"] == derived.token_key.hex()
     assert lock["edge_key"] == derived.edge_key.hex()
     assert lock["audit_key"] == derived.audit_key.hex()
@@ -113,8 +115,45 @@ def test_placeholder_or_short_site_keys_are_refused(bad: bytes) -> None:
 
 
 def test_keys_are_never_printed() -> None:
-    lk = keys.derive_lock_keys(bytes(range(32)), 7)
+    lk = keys.derive_lock_keys(hashlib.sha256(b"printed?").digest(), 7)
     text = repr(lk)
     assert "lock_id=7" in text
     for k in (lk.token_key, lk.edge_key, lk.audit_key):
         assert k.hex() not in text and repr(k) not in text
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        b"changeme" * 4,  # review: accepted
+        b"0123456789abcdef" * 2,  # a 16-byte pattern twice
+        b"ab" * 16,
+        bytes(range(32)),  # published, and a progression
+        bytes(range(0x10, 0x30)),  # the golden vectors' site key (review: accepted)
+        bytes(range(200, 232)),  # a progression not published
+        bytes((i * 7) % 256 for i in range(32)),  # a progression with step 7
+        bytes(x % 10 for x in hashlib.sha256(b"ten symbols").digest()),  # 10 distinct bytes
+        b"Password1!" + b"Password2!" + b"Password3!" + b"xx",  # typed: few distinct bytes
+    ],
+)
+def test_published_and_low_entropy_site_keys_are_refused(weak: bytes) -> None:
+    assert len(weak) == 32
+    with pytest.raises(keys.KeyMaterialError):
+        keys.check_site_key(weak)
+    with pytest.raises(keys.KeyMaterialError):
+        keys.derive_lock_keys(weak, 1017)
+
+
+def test_published_test_keys_need_an_explicit_test_flag() -> None:
+    vector_key = bytes(range(0x10, 0x30))
+    assert keys.check_site_key(vector_key, test_key=True) == vector_key
+    # The flag admits the published test keys only, never a placeholder.
+    for weak in (bytes(32), b"changeme" * 4):
+        with pytest.raises(keys.KeyMaterialError):
+            keys.check_site_key(weak, test_key=True)
+
+
+def test_random_keys_pass_the_entropy_checks() -> None:
+    # The checks' false-refusal rate is far below 2**-64; 2000 draws all pass.
+    for _ in range(2000):
+        keys.check_site_key(keys.new_site_key())

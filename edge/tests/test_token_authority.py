@@ -1,15 +1,16 @@
-"""The token authority: minted tokens verify on the lock, and agree byte for byte
-with the lock's own HMAC implementation."""
+"""The token authority: minted tokens are sealed, open and verify on the lock, and
+agree byte for byte with the lock's own HMAC and seal implementation."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kommune.edge.keys import derive_lock_keys
+from kommune.edge.keys import LockKeys, derive_lock_keys
 from kommune.edge.token_authority import (
     DEFAULT_MAX_WINDOW_S,
     IssuedToken,
@@ -22,13 +23,22 @@ from kommune.hil.paths import VECTORS_DIR
 from kommune.protocols import token as T
 from kommune.protocols.audit import AuditLog
 from kommune.protocols.errors import BAD_TAG, ProtocolError
-from kommune.protocols.hmac_sha256 import HmacKey
 from kommune.protocols.lock_client import HolderSession
 from kommune.protocols.lock_verifier import LockVerifier
 from kommune.protocols.lock_wire import RIGHT_LOCK, RIGHT_READ_AUDIT, RIGHT_UNLOCK
+from kommune.protocols.seal import SealKey
 
-SITE = bytes(range(0x10, 0x30))
+SITE = bytes(range(0x10, 0x30))  # the published test site key (test_key=True below)
+OTHER_SITE = hashlib.sha256(b"another site, test only").digest()
 START = 1_767_258_000
+
+
+def _authority(**kw: object) -> TokenAuthority:
+    return TokenAuthority(SITE, test_key=True, **kw)  # type: ignore[arg-type]
+
+
+def _keys(lock_id: int = 1017) -> LockKeys:
+    return derive_lock_keys(SITE, lock_id, test_key=True)
 
 
 def _issue(authority: TokenAuthority, **over: int) -> IssuedToken:
@@ -57,7 +67,7 @@ def test_minted_token_matches_the_lock_implementation(
 ) -> None:
     token_id, holder, lock = token_holder_lock
     # cryptography's HMAC (authority) and hashlib-only HMAC (lock) agree.
-    authority = TokenAuthority(SITE, epochs={lock: 5}, new_token_id=lambda: token_id)
+    authority = _authority(epochs={lock: 5}, new_token_id=lambda: token_id)
     issued = authority.issue(
         holder_id=holder,
         lock_id=lock,
@@ -65,20 +75,18 @@ def test_minted_token_matches_the_lock_implementation(
         not_after_s=start + length,
         rights=rights,
     )
-    key = HmacKey(derive_lock_keys(SITE, lock).token_key)
+    key = SealKey(_keys(lock).token_key)
     tok = T.verify(issued.token, key, lock, now_s=start, epoch=5, right=0)
     assert (tok.token_id, tok.holder_id, tok.rights) == (token_id, holder, rights)
-    assert T.sign(key, tok) == issued.token
+    assert T.seal_token(key, tok) == issued.token
     assert T.session_key(key, tok) == issued.session_key
 
 
 def test_golden_token_is_what_the_authority_mints() -> None:
     doc = json.loads((VECTORS_DIR / "token.json").read_text())
-    case = next(c for c in doc["cases"] if c["name"] == "visit_token_unlock_lock")
-    f = case["fields"]
-    authority = TokenAuthority(
-        SITE, epochs={f["lock_id"]: f["epoch"]}, new_token_id=lambda: f["token_id"]
-    )
+    case = next(c for c in doc["cases"] if c["name"] == "sealed_visit_token")
+    f = case["args"]["token"]
+    authority = _authority(epochs={f["lock_id"]: f["epoch"]}, new_token_id=lambda: f["token_id"])
     issued = authority.issue(
         holder_id=f["holder_id"],
         lock_id=f["lock_id"],
@@ -86,29 +94,32 @@ def test_golden_token_is_what_the_authority_mints() -> None:
         not_after_s=f["not_after_s"],
         rights=f["rights"],
     )
-    assert issued.token.hex() == case["hex"]
+    assert issued.token.hex() == case["result"]
+    assert (issued.holder_id, issued.not_after_s) == (f["holder_id"], f["not_after_s"])
 
 
 def test_a_phone_opens_the_lock_with_an_issued_token() -> None:
-    issued = _issue(TokenAuthority(SITE, epochs={1017: 3}))
-    lk = derive_lock_keys(SITE, 1017)
+    issued = _issue(_authority(epochs={1017: 3}))
+    lk = _keys()
     lock = LockVerifier(1017, lk.token_key, lk.edge_key, 3, AuditLog(lk.audit_key, 1017))
-    holder = HolderSession(issued.token, issued.session_key)
-    challenge = lock.challenge(b"n" * 16, 1000, START + 60)
-    verdict = lock.respond(holder.request(challenge, RIGHT_UNLOCK, b"h" * 16), 1050, START + 60)
+    holder = HolderSession(issued.token, issued.session_key, issued.lock_id)
+    conn = lock.connect(1000)
+    challenge = lock.challenge(conn, b"n" * 16, 1000, START + 60)
+    request = holder.request(challenge, RIGHT_UNLOCK, b"h" * 16)
+    verdict = lock.respond(conn, request, 1050, START + 60)
     assert verdict.ok
     assert holder.result(verdict.reply).ok
 
 
 def test_another_sites_token_does_not_open_the_lock() -> None:
-    issued = _issue(TokenAuthority(bytes(range(0x40, 0x60))))
-    key = HmacKey(derive_lock_keys(SITE, 1017).token_key)
+    issued = _issue(TokenAuthority(OTHER_SITE))
+    key = SealKey(_keys().token_key)
     with pytest.raises(ProtocolError, match=BAD_TAG):
         T.authenticate(issued.token, key, 1017)
 
 
 def test_token_ids_are_random_and_nonzero() -> None:
-    authority = TokenAuthority(SITE)
+    authority = _authority()
     ids = {_issue(authority).token_id for _ in range(32)}
     assert len(ids) == 32 and 0 not in ids
 
@@ -126,11 +137,11 @@ def test_token_ids_are_random_and_nonzero() -> None:
 )
 def test_bad_requests_are_refused(over: dict[str, int]) -> None:
     with pytest.raises(TokenAuthorityError):
-        _issue(TokenAuthority(SITE), **over)
+        _issue(_authority(), **over)
 
 
 def test_window_limit_is_configurable() -> None:
-    authority = TokenAuthority(SITE, max_window_s=600)
+    authority = _authority(max_window_s=600)
     _issue(authority, not_after_s=START + 600)
     with pytest.raises(TokenAuthorityError, match="601 s exceeds the 600 s limit"):
         _issue(authority, not_after_s=START + 601)
@@ -139,10 +150,12 @@ def test_window_limit_is_configurable() -> None:
 def test_no_authority_without_a_real_site_key() -> None:
     with pytest.raises(ValueError):
         TokenAuthority(bytes(32))
+    with pytest.raises(ValueError, match="published test key"):
+        TokenAuthority(SITE)  # only with test_key=True
 
 
 def test_session_key_is_never_printed() -> None:
-    issued = _issue(TokenAuthority(SITE))
+    issued = _issue(_authority())
     assert issued.session_key.hex() not in repr(issued)
     assert "session_key" not in repr(issued)
 
@@ -158,7 +171,7 @@ def test_rights_by_name() -> None:
 def test_the_authority_mints_only_at_the_lock_epoch() -> None:
     # Reviewer: a caller-given epoch (a typo, or 2**32 - 1) revoked every
     # live token for good. Now the authority owns the epoch; it only goes up.
-    authority = TokenAuthority(SITE, epochs={1017: 3})
+    authority = _authority(epochs={1017: 3})
     assert _issue(authority).epoch == 3 and _issue(authority, lock_id=1018).epoch == 0
     assert authority.revoke_all(1017) == 4 and _issue(authority).epoch == 4
     with pytest.raises(TokenAuthorityError, match="un-revoke"):

@@ -29,10 +29,12 @@ from kommune.protocols.errors import (
 )
 from kommune.protocols.hmac_sha256 import HmacKey
 from kommune.protocols.lock_wire import MSG_AUDIT_BATCH, OK, STATUSES
+from kommune.protocols.seal import SealKey
 
 LOCK = 1017
 AUDIT_KEY = hashlib.sha256(b"test audit key").digest()
 EDGE_KEY = hashlib.sha256(b"test edge key").digest()
+SEAL = SealKey(AUDIT_KEY)
 
 events = st.fixed_dictionaries(
     {
@@ -79,9 +81,29 @@ def test_entry_round_trip(entry: audit.AuditEntry) -> None:
 
 @given(st.lists(entries, max_size=5))
 def test_batch_round_trip(batch: list[audit.AuditEntry]) -> None:
-    data = audit.encode_batch([e.encode() for e in batch])
-    assert len(data) == 2 + audit.ENTRY_BYTES * len(batch)
-    assert audit.decode_batch(data) == batch
+    data = audit.encode_batch([e.encode() for e in batch], SEAL, LOCK)
+    assert len(data) == 18 + audit.ENTRY_BYTES * len(batch)
+    assert audit.decode_batch(data, SEAL, LOCK) == batch
+    for e in batch:  # sealed: no entry's fields in the clear
+        assert e.encode()[:23] not in data
+
+
+def test_batch_is_sealed_to_the_audit_key_and_lock() -> None:
+    log = _log(3)
+    sealed = log.batch(255)
+    assert audit.open_batch(sealed, SEAL, LOCK) == log.entries
+    for entry in log.entries:
+        assert entry[11:15] not in sealed  # holder ids
+    for key, lock in ((SealKey(EDGE_KEY), LOCK), (SEAL, LOCK + 1)):
+        with pytest.raises(ProtocolError, match=BAD_TAG):
+            audit.open_batch(sealed, key, lock)
+
+
+def test_batch_size_follows_free_memory() -> None:
+    log = _log(40)
+    for free, n in ((10**6, 32), (audit.BATCH_RESERVE_BYTES + 5 * 55, 5), (100, 0)):
+        batch = log.batch(32, mem_free=free)
+        assert batch[1] == n and len(batch) == 18 + 55 * n
 
 
 @given(acks)
@@ -91,30 +113,34 @@ def test_ack_round_trip(ack: audit.Ack) -> None:
 
 @given(st.binary(max_size=130))
 def test_decoders_are_total(data: bytes) -> None:
-    for decode in (audit.decode_entry, audit.decode_batch, audit.decode_ack):
+    for decode in (audit.decode_entry, audit.decode_ack):
         try:
             decode(data)
         except ProtocolError as e:
             assert e.reason in STATUSES
+    try:
+        audit.decode_batch(data, SEAL, LOCK)
+    except ProtocolError as e:
+        assert e.reason in STATUSES
 
 
-@given(st.integers(0, 255), st.binary(max_size=120))
+@given(st.integers(0, 255), st.binary(max_size=140))
 def test_batch_decoder_is_total_with_any_count(count: int, body: bytes) -> None:
     try:
-        got = audit.decode_batch(bytes([MSG_AUDIT_BATCH, count]) + body)
+        audit.decode_batch(bytes([MSG_AUDIT_BATCH, count]) + body, SEAL, LOCK)
     except ProtocolError as e:
-        assert e.reason in (TRUNCATED, TOO_LONG, BAD_VALUE)
+        assert e.reason in (TRUNCATED, TOO_LONG, BAD_TAG)
     else:
-        assert len(got) == count
+        raise AssertionError("random bytes opened as a batch")
 
 
 def test_batch_limits() -> None:
     with pytest.raises(ProtocolError, match=BAD_VALUE):
-        audit.encode_batch([bytes(55)] * 256)
+        audit.encode_batch([bytes(55)] * 256, SEAL, LOCK)
     with pytest.raises(ProtocolError, match=BAD_LENGTH):
-        audit.encode_batch([bytes(54)])
+        audit.encode_batch([bytes(54)], SEAL, LOCK)
     with pytest.raises(ProtocolError, match=UNKNOWN_TYPE):
-        audit.decode_batch(b"\x06\x00")
+        audit.decode_batch(b"\x06\x00" + bytes(16), SEAL, LOCK)
 
 
 @given(keys, st.lists(events, min_size=1, max_size=6))
@@ -204,7 +230,7 @@ def test_chain_check_catches_any_flipped_bit(n: int, data: st.DataObject) -> Non
 
 
 def _entries(batch: bytes) -> list[bytes]:
-    return [batch[i : i + audit.ENTRY_BYTES] for i in range(2, len(batch), audit.ENTRY_BYTES)]
+    return audit.open_batch(batch, SEAL, LOCK)
 
 
 def test_a_stripped_tail_is_sent_again() -> None:

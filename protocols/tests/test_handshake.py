@@ -23,7 +23,6 @@ from kommune.protocols.errors import (
     WRONG_LOCK,
     ProtocolError,
 )
-from kommune.protocols.hmac_sha256 import HmacKey
 from kommune.protocols.lock_client import EdgeSession, HolderSession
 from kommune.protocols.lock_wire import (
     CMD_EPOCH_SET,
@@ -33,6 +32,7 @@ from kommune.protocols.lock_wire import (
     OK,
     STATUSES,
 )
+from kommune.protocols.seal import SealKey
 
 SIZES = {
     hs.Challenge: hs.CHALLENGE_BYTES,
@@ -119,29 +119,32 @@ def test_unknown_status_reason_goes_out_as_bad_value() -> None:
     assert hs.Notice(2, "bad_crc").encode() == bytes([4, 2, STATUSES.index(BAD_VALUE)])
 
 
-@given(keys, tokens(signed=False), ops, st.tuples(nonces, nonces), st.integers(1, 2**32 - 1))
+def _issue(key: SealKey, tok: T.Token) -> tuple[bytes, bytes]:
+    token = T.seal_token(key, tok)
+    return token, T.session_key(key, T.authenticate(token, key, tok.lock_id))
+
+
+@given(keys, tokens(), ops, st.tuples(nonces, nonces), st.integers(1, 2**32 - 1))
 def test_holder_request_matches_lock_md(
     token_key: bytes, tok: T.Token, op: int, both_nonces: tuple[bytes, bytes], clock: int
 ) -> None:
     lock_nonce, holder_nonce = both_nonces
-    token = T.sign(HmacKey(token_key), tok)
-    session = T.session_key(HmacKey(token_key), T.decode(token))
+    token, session = _issue(SealKey(token_key), tok)
     challenge = hs.Challenge(tok.lock_id, clock, 0, lock_nonce).encode()
-    assert challenge == struct.pack(">BBIII", 1, 1, tok.lock_id, clock, 0) + lock_nonce
-    request = HolderSession(token, session).request(challenge, op, holder_nonce)
+    assert challenge == struct.pack(">BBIII", 1, 2, tok.lock_id, clock, 0) + lock_nonce
+    request = HolderSession(token, session, tok.lock_id).request(challenge, op, holder_nonce)
     body = bytes([2, op]) + lock_nonce + holder_nonce + token
     lock_id = struct.pack(">I", tok.lock_id)
     assert request == body + _hmac16(session, b"PRF1", lock_id, body)
 
 
 def _holder_pair() -> tuple[HolderSession, bytes, bytes, bytes]:
-    key = HmacKey(bytes(range(32)))
+    key = SealKey(bytes(range(32)))
     tok = T.Token(
         token_id=5, holder_id=6, lock_id=7, not_before_s=0, not_after_s=99, rights=3, epoch=0
     )
-    token = T.sign(key, tok)
-    session = T.session_key(key, T.decode(token))
-    holder = HolderSession(token, session)
+    token, session = _issue(key, tok)
+    holder = HolderSession(token, session, 7)
     challenge = hs.Challenge(7, 50, 0, b"L" * 16).encode()
     holder.request(challenge, 1, b"H" * 16)
     return holder, session, b"L" * 16, b"H" * 16
@@ -173,7 +176,7 @@ def test_holder_refuses_another_locks_challenge() -> None:
 
 
 def test_result_before_request_is_refused() -> None:
-    edge = EdgeSession(bytes(32), 7)
+    edge = EdgeSession(bytes(range(32)), 7)
     with pytest.raises(ProtocolError, match=BAD_VALUE):
         edge.result(hs.Notice(5, OK).encode())
 
@@ -191,11 +194,16 @@ def test_peer_keys_must_be_32_bytes() -> None:
         EdgeSession(bytes(16), 7)
 
 
+def test_a_holder_session_refuses_an_unsealed_token() -> None:
+    with pytest.raises(ProtocolError, match="bad_version"):
+        HolderSession(b"\x01" + bytes(41), bytes(range(32)), 7)
+
+
 def test_peers_refuse_a_challenge_from_a_far_clock() -> None:
     # A held-back challenge (or a lock far off) shows in its clock: the edge
     # always checks, a phone when it trusts its own clock.
     challenge = hs.Challenge(7, 100_000, 0, b"L" * 16).encode()
-    edge = EdgeSession(bytes(32), 7)
+    edge = EdgeSession(bytes(range(32)), 7)
     with pytest.raises(ProtocolError, match=BAD_VALUE):
         edge.command(challenge, CMD_TIME_SET, 200_000, b"E" * 16, now_s=200_000)
     edge.command(challenge, CMD_TIME_SET, 200_000, b"E" * 16, now_s=200_000, max_skew_s=10**6)
@@ -203,7 +211,7 @@ def test_peers_refuse_a_challenge_from_a_far_clock() -> None:
     tok = T.Token(
         token_id=1, holder_id=2, lock_id=7, not_before_s=0, not_after_s=1, rights=1, epoch=0
     )
-    holder = HolderSession(T.sign(HmacKey(bytes(32)), tok), bytes(32))
+    holder = HolderSession(_issue(SealKey(bytes(range(32))), tok)[0], bytes(range(32)), 7)
     holder.request(challenge, 1, b"h" * 16)  # no clock of its own: no check
     with pytest.raises(ProtocolError, match=BAD_VALUE):
         holder.request(challenge, 1, b"h" * 16, now_s=100_301)

@@ -29,7 +29,18 @@ from kommune.protocols.errors import (
 )
 from kommune.protocols.hmac_sha256 import HmacKey
 from kommune.protocols.lock_client import EdgeSession, HolderSession
-from kommune.protocols.lock_verifier import LockVerifier, RateLimiter, ticks_diff
+from kommune.protocols.lock_verifier import (
+    ACT_AUDIT_ACK,
+    ACT_DROP,
+    ACT_OPEN,
+    ACT_REFUSE,
+    ACT_SET_EPOCH,
+    ACT_SET_TIME,
+    Connection,
+    LockVerifier,
+    Verdict,
+    ticks_diff,
+)
 from kommune.protocols.lock_wire import (
     CMD_EPOCH_SET,
     CMD_TIME_SET,
@@ -41,6 +52,7 @@ from kommune.protocols.lock_wire import (
     RIGHT_UNLOCK,
     is_op,
 )
+from kommune.protocols.seal import SealKey
 
 LOCK = 1017
 TOKEN_KEY = hashlib.sha256(b"test token key").digest()
@@ -49,10 +61,8 @@ AUDIT_KEY = hashlib.sha256(b"test audit key").digest()
 EPOCH = 3
 VISIT = 1_767_258_600
 RELAY_BOUND_MS = 500
-MAX_CHALLENGES = 3
-MAX_FAILURES = 5
-WINDOW_MS = 10_000
-BACKOFF_MS = 5_000
+MAX_CONNECTIONS = 3
+MAX_REFUSALS = 3
 
 
 def _token(
@@ -67,20 +77,24 @@ def _token(
         rights=rights,
         epoch=epoch,
     )
-    return T.sign(HmacKey(token_key), tok)
+    return T.seal_token(SealKey(token_key), tok)
 
 
 def _session(token: bytes, token_key: bytes = TOKEN_KEY) -> bytes:
-    return T.session_key(HmacKey(token_key), T.decode(token))
+    key = SealKey(token_key)
+    return T.session_key(key, T.authenticate(token, key, LOCK))
 
 
 TOKEN = _token()
 SESSION = _session(TOKEN)
 
 
+def _holder(token: bytes = TOKEN, session: bytes = SESSION) -> HolderSession:
+    return HolderSession(token, session, LOCK)
+
+
 def _lock(**over: int) -> tuple[LockVerifier, AuditLog]:
-    log = AuditLog(AUDIT_KEY, LOCK, capacity=10_000)
-    limiter = RateLimiter(MAX_FAILURES, WINDOW_MS, BACKOFF_MS)
+    log = AuditLog(AUDIT_KEY, LOCK, capacity=10_000, last_time_s=over.get("floor", 0))
     lock = LockVerifier(
         LOCK,
         TOKEN_KEY,
@@ -88,83 +102,76 @@ def _lock(**over: int) -> tuple[LockVerifier, AuditLog]:
         over.get("epoch", EPOCH),
         log,
         relay_bound_ms=RELAY_BOUND_MS,
-        max_challenges=MAX_CHALLENGES,
-        limiter=limiter,
+        max_connections=over.get("max_connections", MAX_CONNECTIONS),
+        max_refusals=MAX_REFUSALS,
     )
     return lock, log
 
 
 class LockMachine(RuleBasedStateMachine):
+    # Peers on up to MAX_CONNECTIONS connections; the model knows each
+    # connection's outstanding challenge and whether the lock dropped it.
     def __init__(self) -> None:
         super().__init__()
         self.lock, self.log = _lock()
         self.now_ms = 1_000
         self.counter = 0
+        self.conns: list[Connection] = []
         self.challenges: dict[bytes, bytes] = {}  # every challenge ever issued: nonce -> message
-        self.outstanding: dict[bytes, int] = {}  # model: nonce -> issued ms, oldest first
+        self.outstanding: dict[int, tuple[bytes, int]] = {}  # model: id(conn) -> (nonce, ms)
         self.sent: list[bytes] = []
-        self.failures: list[int] = []  # model of the rate limiter
-        self.blocked_at: int | None = None
         self.accepted: set[bytes] = set()  # challenge nonces that opened the lock
 
     # --- the model -----------------------------------------------------------
 
-    def _blocked(self) -> bool:
-        if self.blocked_at is not None and self.now_ms - self.blocked_at < BACKOFF_MS:
-            return True
-        self.blocked_at = None
-        return False
-
-    def _failed(self) -> None:
-        self.failures = [*self.failures, self.now_ms][-MAX_FAILURES:]
-        if len(self.failures) == MAX_FAILURES and self.now_ms - self.failures[0] <= WINDOW_MS:
-            self.failures, self.blocked_at = [], self.now_ms
-            self.outstanding.clear()  # a back-off uses up every challenge
-
     def _expire(self) -> None:
         # The lock keeps no challenge older than the relay bound.
-        for nonce, issued in list(self.outstanding.items()):
+        for key, (_, issued) in list(self.outstanding.items()):
             if self.now_ms - issued > RELAY_BOUND_MS:
-                del self.outstanding[nonce]
+                del self.outstanding[key]
 
-    def _send(self, msg: bytes, consumes: bytes | None, expect: str | None) -> str:
-        # consumes: the nonce the lock must use up (if outstanding); expect:
+    def _send(
+        self, conn: Connection, msg: bytes, consumes: bytes | None, expect: str | None
+    ) -> str:
+        # consumes: the nonce the message names (if its header decodes); expect:
         # the exact status, or None for "anything but ok".
-        blocked = self._blocked()
         seq = self.log.next_seq
-        v = self.lock.respond(msg, self.now_ms, VISIT)
+        was_closed = conn.closed
+        v = self.lock.respond(conn, msg, self.now_ms, VISIT)
         self.sent.append(msg)
-        if blocked:
-            assert v.status == RATE_LIMITED, v
-            assert self.log.next_seq == seq, "a refused message costs no log entry"
-            self.outstanding.clear()  # ... but it uses up every challenge
+        if was_closed:
+            assert (v.status, v.action) == (RATE_LIMITED, ACT_DROP), v
+            assert self.log.next_seq == seq, "a dropped connection costs no log entry"
             return v.status
-        if consumes is not None and consumes in self.outstanding:
-            issued = self.outstanding.pop(consumes)
-            if expect == OK and self.now_ms - issued > RELAY_BOUND_MS:
+        mine = self.outstanding.get(id(conn))
+        if consumes is not None and mine is not None and mine[0] == consumes:
+            del self.outstanding[id(conn)]
+            if expect == OK and self.now_ms - mine[1] > RELAY_BOUND_MS:
                 expect = TOO_LATE
         elif expect == OK:
-            expect = REPLAY
+            expect = REPLAY  # not this connection's outstanding challenge
         if expect is None:
             assert v.status != OK, f"accepted a message it should not: {msg.hex()}"
         else:
             assert v.status == expect, (v.status, expect)
-        if msg[:1] == b"\x02":
+        if msg[:1] == b"\x02" and len(msg) > 1:
             assert self.log.next_seq > seq, "every access attempt is logged"
         if v.ok:
             assert consumes not in self.accepted, "one challenge opened the lock twice"
             self.accepted.add(consumes)  # type: ignore[arg-type]
-        else:
-            self._failed()
+            assert v.action != ACT_DROP
+        elif v.reply[:1] == b"\x04":
+            assert v.action == ACT_DROP, "an unauthenticated failure drops the connection"
+        if v.action == ACT_DROP:
+            assert conn.closed
+            self.outstanding.pop(id(conn), None)
+            self.conns.remove(conn)
         self._expire()
         return v.status
 
     @staticmethod
     def _named_challenge(msg: bytes) -> bytes | None:
-        # The challenge nonce a REQUEST names, if its header decodes (type, size,
-        # op): such a message uses the challenge up, whoever sends it and when.
-        # (A message refused while rate limited is not decoded, but the refusal
-        # drops every outstanding challenge, so its replay finds none.)
+        # The challenge nonce a REQUEST names, if its header decodes (type, size, op).
         if len(msg) == hs.REQUEST_BYTES and msg[0] == MSG_REQUEST and is_op(msg[1]):
             return msg[2:18]
         return None
@@ -173,95 +180,111 @@ class LockMachine(RuleBasedStateMachine):
         self.counter += 1
         return hashlib.sha256(self.counter.to_bytes(4, "big")).digest()[:16]
 
+    def _conn(self, data: st.DataObject) -> Connection:
+        if not self.conns:
+            self.connect()
+        return data.draw(st.sampled_from(self.conns))
+
     # --- rules ---------------------------------------------------------------
 
     @rule()
-    def challenge(self) -> None:
+    def connect(self) -> None:
+        full = len(self.conns) == MAX_CONNECTIONS
+        conn = self.lock.connect(self.now_ms)
+        gone = [c for c in self.conns if c.closed]
+        assert len(gone) == full  # one was evicted (the least recently active) if full
+        for c in gone:
+            self.conns.remove(c)
+            self.outstanding.pop(id(c), None)
+        self.conns.append(conn)
+
+    @rule(data=st.data())
+    def challenge(self, data: st.DataObject) -> None:
+        conn = self._conn(data)
         nonce = self._fresh_nonce()
-        self.challenges[nonce] = self.lock.challenge(nonce, self.now_ms, VISIT)
+        self.challenges[nonce] = self.lock.challenge(conn, nonce, self.now_ms, VISIT)
         self._expire()
-        self.outstanding[nonce] = self.now_ms
-        while len(self.outstanding) > MAX_CHALLENGES:
-            del self.outstanding[next(iter(self.outstanding))]
+        self.outstanding[id(conn)] = (nonce, self.now_ms)
 
     @rule(ms=st.integers(0, 800))
     def time_passes(self, ms: int) -> None:
         self.now_ms += ms
 
-    @rule(ms=st.integers(BACKOFF_MS - 100, 2 * WINDOW_MS))
-    def long_pause(self, ms: int) -> None:
-        # Lets back-offs end, so the machine does not spend its steps locked out.
-        self.now_ms += ms
-
     @rule(delay_ms=st.integers(0, 600), op=st.sampled_from([RIGHT_UNLOCK, RIGHT_LOCK]))
     def visit(self, delay_ms: int, op: int) -> None:
-        # The everyday flow: a challenge, answered after a BLE round trip.
-        self.challenge()
-        nonce = next(reversed(self.outstanding))
+        # The everyday flow: connect, a challenge, answered after a BLE round trip.
+        self.connect()
+        conn = self.conns[-1]
+        nonce = self._fresh_nonce()
+        self.challenges[nonce] = self.lock.challenge(conn, nonce, self.now_ms, VISIT)
+        self.outstanding[id(conn)] = (nonce, self.now_ms)
         self.now_ms += delay_ms
-        msg = HolderSession(TOKEN, SESSION).request(self.challenges[nonce], op, b"v" * 16)
-        self._send(msg, nonce, OK)
+        msg = _holder().request(self.challenges[nonce], op, b"v" * 16)
+        self._send(conn, msg, nonce, OK)
 
     @precondition(lambda self: self.challenges)
     @rule(data=st.data(), op=st.sampled_from([RIGHT_UNLOCK, RIGHT_LOCK]))
     def honest_request(self, data: st.DataObject, op: int) -> None:
         nonce = data.draw(st.sampled_from(sorted(self.challenges)))
-        msg = HolderSession(TOKEN, SESSION).request(self.challenges[nonce], op, b"h" * 16)
-        self._send(msg, nonce, OK)
+        msg = _holder().request(self.challenges[nonce], op, b"h" * 16)
+        self._send(self._conn(data), msg, nonce, OK)
 
     @precondition(lambda self: self.challenges)
     @rule(data=st.data())
     def request_without_the_right(self, data: st.DataObject) -> None:
         nonce = data.draw(st.sampled_from(sorted(self.challenges)))
-        msg = HolderSession(TOKEN, SESSION).request(self.challenges[nonce], RIGHT_ADMIN, b"h" * 16)
-        self._send(msg, nonce, None)
+        msg = _holder().request(self.challenges[nonce], RIGHT_ADMIN, b"h" * 16)
+        self._send(self._conn(data), msg, nonce, None)
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data())
     def replay(self, data: st.DataObject) -> None:
         msg = data.draw(st.sampled_from(self.sent))
-        self._send(msg, self._named_challenge(msg), None)
+        self._send(self._conn(data), msg, self._named_challenge(msg), None)
 
     @precondition(lambda self: self.challenges)
     @rule(data=st.data(), proof=st.binary(min_size=16, max_size=16))
     def guessed_proof(self, data: st.DataObject, proof: bytes) -> None:
         nonce = data.draw(st.sampled_from(sorted(self.challenges)))
         body = hs.Request(RIGHT_UNLOCK, nonce, b"g" * 16, TOKEN, b"").body()
-        self._send(body + proof, nonce, None)
+        self._send(self._conn(data), body + proof, nonce, None)
 
     @precondition(lambda self: self.challenges)
-    @rule(data=st.data(), key=st.binary(min_size=32, max_size=32))
+    @rule(data=st.data(), key=st.binary(min_size=32, max_size=32).filter(lambda k: len(set(k)) > 1))
     def forged_token(self, data: st.DataObject, key: bytes) -> None:
-        # A well-formed token for this lock under a guessed key, with a proof
-        # that is right for the forger's own session key.
+        # A well-formed token sealed under a guessed key, with a proof that is
+        # right for the forger's own session key.
         nonce = data.draw(st.sampled_from(sorted(self.challenges)))
         token = _token(key)
-        msg = HolderSession(token, _session(token, key)).request(
-            self.challenges[nonce], RIGHT_UNLOCK, b"f" * 16
-        )
-        self._send(msg, nonce, None)
+        msg = _holder(token, T.session_key(SealKey(key), T.authenticate(token, SealKey(key), LOCK)))
+        self._send(self._conn(data), msg.request(self.challenges[nonce], 1, b"f" * 16), nonce, None)
 
     @precondition(lambda self: self.challenges)
     @rule(data=st.data())
     def flipped_bit(self, data: st.DataObject) -> None:
         nonce = data.draw(st.sampled_from(sorted(self.challenges)))
-        good = HolderSession(TOKEN, SESSION).request(self.challenges[nonce], 1, b"b" * 16)
+        good = _holder().request(self.challenges[nonce], 1, b"b" * 16)
         bit = data.draw(st.integers(0, 8 * len(good) - 1))
         bad = bytearray(good)
         bad[bit // 8] ^= 1 << (bit % 8)
         # Type, op and nonce flips fail before the challenge is looked up.
-        self._send(bytes(bad), nonce if bit // 8 >= 18 else None, None)
+        self._send(self._conn(data), bytes(bad), nonce if bit // 8 >= 18 else None, None)
 
-    @rule(junk=st.binary(max_size=120))
-    def junk(self, junk: bytes) -> None:
-        self._send(junk, self._named_challenge(junk), None)
+    @rule(data=st.data(), junk=st.binary(max_size=120))
+    def junk(self, data: st.DataObject, junk: bytes) -> None:
+        self._send(self._conn(data), junk, self._named_challenge(junk), None)
 
     # --- invariants ----------------------------------------------------------
 
     @invariant()
     def ram_is_bounded(self) -> None:
-        assert len(self.lock._pending) <= MAX_CHALLENGES
-        assert len(self.lock.limiter._failures) <= MAX_FAILURES
+        assert len(self.lock._conns) <= MAX_CONNECTIONS
+        assert len(self.lock._recent) == 16
+
+    @invariant()
+    def outstanding_matches_the_model(self) -> None:
+        live = {id(c): bytes(c.nonce) for c in self.lock._conns if c.pending}
+        assert live == {k: n for k, (n, _) in self.outstanding.items()}
 
 
 LockMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
@@ -271,24 +294,32 @@ test_lock_state_machine = LockMachine.TestCase
 # --- single behaviours -------------------------------------------------------
 
 
-def _challenge(lock: LockVerifier, nonce: bytes, now_ms: int = 1000) -> bytes:
-    return lock.challenge(nonce, now_ms, VISIT)
+def _challenge(
+    lock: LockVerifier, nonce: bytes, now_ms: int = 1000, conn: Connection | None = None
+) -> tuple[Connection, bytes]:
+    conn = conn if conn is not None else lock.connect(now_ms)
+    return conn, lock.challenge(conn, nonce, now_ms, VISIT)
 
 
-def test_oldest_challenge_is_evicted_when_the_table_is_full() -> None:
+def _unlock(lock: LockVerifier, nonce: bytes, now_ms: int = 1000) -> tuple[Connection, Verdict]:
+    conn, ch = _challenge(lock, nonce, now_ms)
+    return conn, lock.respond(conn, _holder().request(ch, 1, b"h" * 16), now_ms + 50, VISIT)
+
+
+def test_least_recently_active_connection_is_evicted_when_full() -> None:
     lock, _ = _lock()
-    first = _challenge(lock, b"\x01" * 16)
-    for i in range(MAX_CHALLENGES):
-        _challenge(lock, bytes([i + 2]) * 16)
-    msg = HolderSession(TOKEN, SESSION).request(first, RIGHT_UNLOCK, b"h" * 16)
-    assert lock.respond(msg, 1050, VISIT).status == REPLAY
+    first, ch = _challenge(lock, b"\x01" * 16, 1000)
+    others = [_challenge(lock, bytes([i + 2]) * 16, 1001 + i)[0] for i in range(MAX_CONNECTIONS)]
+    assert first.closed and not any(c.closed for c in others)
+    v = lock.respond(first, _holder().request(ch, RIGHT_UNLOCK, b"h" * 16), 1050, VISIT)
+    assert (v.status, v.action) == (RATE_LIMITED, ACT_DROP)
 
 
 def test_every_access_is_logged_with_the_holder() -> None:
     lock, log = _lock()
-    msg = HolderSession(TOKEN, SESSION).request(_challenge(lock, b"n" * 16), 1, b"h" * 16)
-    v = lock.respond(msg, 1100, VISIT)
+    _, v = _unlock(lock, b"n" * 16)
     assert v.ok and v.kind == MSG_REQUEST and v.op == RIGHT_UNLOCK and v.token is not None
+    assert v.action == ACT_OPEN
     entry = decode_entry(log.entries[-1])
     assert (entry.event, entry.op, entry.status) == (EVENT_ACCESS, RIGHT_UNLOCK, OK)
     assert (entry.holder_id, entry.token_id, entry.time_s) == (22, 11, VISIT)
@@ -296,10 +327,12 @@ def test_every_access_is_logged_with_the_holder() -> None:
 
 def test_forged_token_is_logged_without_a_holder() -> None:
     lock, log = _lock()
-    token = _token(bytes(32))
-    holder = HolderSession(token, _session(token, bytes(32)))
-    v = lock.respond(holder.request(_challenge(lock, b"n" * 16), 1, b"h" * 16), 1100, VISIT)
-    assert v.status == "bad_tag" and v.token is None
+    key = bytes(range(32))
+    token = _token(key)
+    holder = _holder(token, _session(token, key))
+    conn, ch = _challenge(lock, b"n" * 16)
+    v = lock.respond(conn, holder.request(ch, 1, b"h" * 16), 1100, VISIT)
+    assert v.status == "bad_tag" and v.token is None and v.action == ACT_DROP
     assert v.reply == hs.Notice(MSG_REQUEST, "bad_tag").encode()
     entry = decode_entry(log.entries[-1])
     assert (entry.holder_id, entry.token_id, entry.status) == (0, 0, "bad_tag")
@@ -307,43 +340,37 @@ def test_forged_token_is_logged_without_a_holder() -> None:
 
 def test_newer_token_raises_the_epoch() -> None:
     lock, log = _lock(epoch=EPOCH - 1)
-    msg = HolderSession(TOKEN, SESSION).request(_challenge(lock, b"n" * 16), 1, b"h" * 16)
-    v = lock.respond(msg, 1100, VISIT)
-    assert v.ok and v.epoch_changed and lock.epoch == EPOCH
+    _, v = _unlock(lock, b"n" * 16)
+    assert v.ok and v.epoch_changed and v.state_changed and lock.epoch == EPOCH
     assert [decode_entry(e).event for e in log.entries] == [3, EVENT_ACCESS]
 
 
 def test_guessed_proof_does_not_raise_the_epoch() -> None:
     lock, _ = _lock(epoch=EPOCH - 1)
     body = hs.Request(1, b"n" * 16, b"h" * 16, TOKEN, b"").body()
-    _challenge(lock, b"n" * 16)
-    v = lock.respond(body + bytes(16), 1100, VISIT)
+    conn, _ = _challenge(lock, b"n" * 16)
+    v = lock.respond(conn, body + bytes(16), 1100, VISIT)
     assert v.status == "bad_proof" and not v.epoch_changed and lock.epoch == EPOCH - 1
 
 
 def test_edge_commands_time_and_epoch() -> None:
     lock, log = _lock()
     edge = EdgeSession(EDGE_KEY, LOCK)
+    conn, ch = _challenge(lock, b"a" * 16)
     v = lock.respond(
-        edge.command(_challenge(lock, b"a" * 16), CMD_TIME_SET, VISIT + 7, b"e" * 16, now_s=VISIT),
-        1010,
-        VISIT,
+        conn, edge.command(ch, CMD_TIME_SET, VISIT + 7, b"e" * 16, now_s=VISIT), 1010, VISIT
     )
     assert v.ok and v.op == CMD_TIME_SET and v.value == VISIT + 7 and not v.epoch_changed
+    assert v.action == ACT_SET_TIME
     assert edge.result(v.reply).ok
-    v = lock.respond(
-        edge.command(_challenge(lock, b"b" * 16), CMD_EPOCH_SET, 9, b"e" * 16, now_s=VISIT),
-        1010,
-        VISIT,
-    )
-    assert v.ok and v.epoch_changed and lock.epoch == 9
-    v = lock.respond(
-        edge.command(_challenge(lock, b"c" * 16), CMD_EPOCH_SET, 8, b"e" * 16, now_s=VISIT),
-        1010,
-        VISIT,
-    )
+    _, ch = _challenge(lock, b"b" * 16, conn=conn)
+    v = lock.respond(conn, edge.command(ch, CMD_EPOCH_SET, 9, b"e" * 16, now_s=VISIT), 1010, VISIT)
+    assert v.ok and v.epoch_changed and lock.epoch == 9 and v.action == ACT_SET_EPOCH
+    _, ch = _challenge(lock, b"c" * 16, conn=conn)
+    v = lock.respond(conn, edge.command(ch, CMD_EPOCH_SET, 8, b"e" * 16, now_s=VISIT), 1010, VISIT)
     reply = edge.result(v.reply)
     assert reply.authenticated and reply.status == BAD_VALUE and lock.epoch == 9
+    assert v.action == ACT_REFUSE
     entries = [decode_entry(e) for e in log.entries]
     assert [(e.event, e.op, e.status, e.arg) for e in entries] == [
         (EVENT_COMMAND, CMD_TIME_SET, OK, VISIT + 7),
@@ -356,48 +383,43 @@ def test_holder_session_key_cannot_command() -> None:
     # The session key is not the edge key: a holder cannot set the clock.
     lock, _ = _lock()
     edge = EdgeSession(SESSION, LOCK)
-    v = lock.respond(
-        edge.command(_challenge(lock, b"a" * 16), CMD_TIME_SET, 1, b"e" * 16, now_s=VISIT),
-        1010,
-        VISIT,
-    )
-    assert v.status == "bad_tag"
+    conn, ch = _challenge(lock, b"a" * 16)
+    v = lock.respond(conn, edge.command(ch, CMD_TIME_SET, 1, b"e" * 16, now_s=VISIT), 1010, VISIT)
+    assert v.status == "bad_tag" and v.action == ACT_DROP
 
 
 def test_ack_prunes_the_log_through_the_verifier() -> None:
     lock, log = _lock()
     for i in range(3):
-        msg = HolderSession(TOKEN, SESSION).request(_challenge(lock, bytes([i]) * 16), 1, b"h" * 16)
-        assert lock.respond(msg, 1010, VISIT).ok
+        assert _unlock(lock, bytes([i]) * 16, 1000 + i)[1].ok
     h2 = audit.entry_hash(log.entries[1])
-    v = lock.respond(audit.encode_ack(HmacKey(EDGE_KEY), LOCK, 2, h2), 1020, VISIT)
-    assert v.ok and v.kind == MSG_AUDIT_ACK and v.value == 2
+    edge = lock.connect(1020)
+    v = lock.respond(edge, audit.encode_ack(HmacKey(EDGE_KEY), LOCK, 2, h2), 1020, VISIT)
+    assert v.ok and v.kind == MSG_AUDIT_ACK and v.value == 2 and v.action == ACT_AUDIT_ACK
     assert [decode_entry(e).seq for e in log.entries] == [3]
-    v = lock.respond(audit.encode_ack(HmacKey(EDGE_KEY), LOCK, 9, h2), 1030, VISIT)
+    v = lock.respond(edge, audit.encode_ack(HmacKey(EDGE_KEY), LOCK, 9, h2), 1030, VISIT)
     assert v.status == BAD_VALUE and len(log.entries) == 1  # never prune what was not written
-    v = lock.respond(audit.encode_ack(HmacKey(TOKEN_KEY), LOCK, 3, h2), 1040, VISIT)
-    assert v.status == "bad_tag" and len(log.entries) == 1
+    v = lock.respond(edge, audit.encode_ack(HmacKey(TOKEN_KEY), LOCK, 3, h2), 1040, VISIT)
+    assert v.status == "bad_tag" and len(log.entries) == 1 and v.action == ACT_DROP
 
 
-def test_rate_limiter_window_and_backoff() -> None:
-    r = RateLimiter(3, 1000, 500)
-    assert not r.failure(0) and not r.failure(600)
-    assert not r.failure(1100)  # the first of three fell out of the window
-    assert r.failure(1200)  # 600, 1100, 1200
-    assert r.blocked(1200) and r.blocked(1699)
-    assert not r.blocked(1700)
-    assert not r.failure(1800)  # history was cleared by the back-off
+def test_refusals_are_charged_to_their_connection() -> None:
+    lock, _ = _lock()
+    conn = lock.connect(1000)
+    actions = []
+    for i in range(MAX_REFUSALS):
+        _, ch = _challenge(lock, bytes([i + 1]) * 16, 1000 + i, conn=conn)
+        v = lock.respond(conn, _holder().request(ch, RIGHT_ADMIN, b"h" * 16), 1010 + i, VISIT)
+        actions.append((v.status, v.action))
+    assert actions == [("no_right", ACT_REFUSE)] * 2 + [("no_right", ACT_DROP)]
+    with pytest.raises(ProtocolError, match=RATE_LIMITED):
+        lock.challenge(conn, b"z" * 16, 1100, VISIT)
+    assert _unlock(lock, b"y" * 16, 1200)[1].ok  # others are not charged
 
 
-def test_rate_limiter_survives_ticks_wrap() -> None:
-    r = RateLimiter(2, 1000, 500)
-    assert not r.failure(0x3FFFFFF0) and r.failure(0x10)
-    assert r.blocked(0x100) and not r.blocked(0x300)
-
-
-def test_rate_limiter_needs_a_positive_limit() -> None:
+def test_verifier_limits_must_be_positive() -> None:
     with pytest.raises(ProtocolError):
-        RateLimiter(0)
+        _lock(max_connections=0)
 
 
 @pytest.mark.parametrize(

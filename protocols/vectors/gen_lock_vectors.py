@@ -25,8 +25,8 @@ from kommune.edge.token_authority import TokenAuthority
 from kommune.protocols import audit
 from kommune.protocols import handshake as hs
 from kommune.protocols.errors import ProtocolError
-from kommune.protocols.lock_client import EdgeSession, HolderSession
-from kommune.protocols.lock_verifier import LockVerifier
+from kommune.protocols.lock_client import ACTION_NAMES, EdgeSession, HolderSession
+from kommune.protocols.lock_verifier import Connection, LockVerifier
 from kommune.protocols.lock_wire import (
     CMD_EPOCH_SET,
     CMD_TIME_SET,
@@ -35,6 +35,7 @@ from kommune.protocols.lock_wire import (
     RIGHT_UNLOCK,
     lock_key,
 )
+from kommune.protocols.seal import SealKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vec_audit
@@ -43,13 +44,15 @@ import vec_token
 
 HERE = Path(__file__).resolve().parent
 
-# Test-only material. The site key is what edge/tests/test_keys.py derives
-# these locks' keys from; no code anywhere defaults to it.
+# TEST-ONLY material. The site key is what edge/tests/test_keys.py derives
+# these locks' keys from; it is in keys.PUBLISHED_TEST_KEYS, so nothing but
+# an explicit test_key=True (here and in tests) accepts it, and no code
+# defaults to it.
 SITE_KEY = bytes(range(0x10, 0x30))
 LOCK = 1017
 OTHER_LOCK = 1018
-KEYS = derive_lock_keys(SITE_KEY, LOCK)
-OTHER_KEYS = derive_lock_keys(SITE_KEY, OTHER_LOCK)
+KEYS = derive_lock_keys(SITE_KEY, LOCK, test_key=True)
+OTHER_KEYS = derive_lock_keys(SITE_KEY, OTHER_LOCK, test_key=True)
 HOLDER = 4242
 NOT_BEFORE = 1767258000  # 2026-01-01 09:00 UTC
 NOT_AFTER = 1767261600  # 10:00
@@ -69,7 +72,9 @@ def _mint(
     rights: int = RIGHT_UNLOCK | RIGHT_LOCK,
     epoch: int = EPOCH,
 ) -> tuple[bytes, bytes]:
-    authority = TokenAuthority(SITE_KEY, epochs={lock_id: epoch}, new_token_id=lambda: token_id)
+    authority = TokenAuthority(
+        SITE_KEY, epochs={lock_id: epoch}, new_token_id=lambda: token_id, test_key=True
+    )
     t = authority.issue(
         holder_id=HOLDER,
         lock_id=lock_id,
@@ -188,6 +193,10 @@ def hmac_cases() -> list[Case]:
 
 def token_cases() -> list[Case]:
     a = vec_token
+    key = KEYS.token_key.hex()
+    opened = a.op("open", {"key": key, "token": TOKEN.hex(), "lock_id": LOCK})
+    fields = {k: v for k, v in opened.items() if k != "tag"}
+    body = a.encode(fields)
     max_fields = {
         "token_id": 0xFFFFFFFF,
         "holder_id": 0xFFFFFFFF,
@@ -196,44 +205,48 @@ def token_cases() -> list[Case]:
         "not_after_s": 0xFFFFFFFF,
         "rights": 0x0F,
         "epoch": 0xFFFFFFFF,
-        "tag": "ff" * 16,
     }
     cases = [
-        _hex_case(a, "visit_token_unlock_lock", TOKEN),
-        _hex_case(a, "all_fields_at_their_limits", a.encode(max_fields)),
-        _hex_case(a, "empty", b"", "truncated"),
-        _hex_case(a, "version_2", b"\x02" + TOKEN[1:], "bad_version"),
-        _hex_case(a, "one_byte_short", TOKEN[:-1], "truncated"),
-        _hex_case(a, "one_byte_long", TOKEN + b"\x00", "too_long"),
-        _hex_case(a, "no_rights", TOKEN[:21] + b"\x00" + TOKEN[22:], "bad_value"),
-        _hex_case(a, "reserved_right_bit", TOKEN[:21] + b"\x13" + TOKEN[22:], "bad_value"),
-        _hex_case(a, "token_id_zero", TOKEN[:1] + bytes(4) + TOKEN[5:], "bad_value"),
-        _hex_case(a, "holder_id_zero", TOKEN[:5] + bytes(4) + TOKEN[9:], "bad_value"),
-        _hex_case(a, "lock_id_zero", TOKEN[:9] + bytes(4) + TOKEN[13:], "bad_value"),
+        _hex_case(a, "visit_token_body", body),
+        _hex_case(a, "body_fields_at_their_limits", a.encode(max_fields)),
+        _hex_case(a, "body_empty", b"", "truncated"),
+        _hex_case(a, "body_one_byte_short", body[:-1], "truncated"),
+        _hex_case(a, "body_one_byte_long", body + b"\x00", "too_long"),
+        _hex_case(a, "body_no_rights", body[:20] + b"\x00" + body[21:], "bad_value"),
+        _hex_case(a, "body_reserved_right_bit", body[:20] + b"\x13" + body[21:], "bad_value"),
+        _hex_case(a, "body_token_id_zero", bytes(4) + body[4:], "bad_value"),
+        _hex_case(a, "body_holder_id_zero", body[:4] + bytes(4) + body[8:], "bad_value"),
+        _hex_case(a, "body_lock_id_zero", body[:8] + bytes(4) + body[12:], "bad_value"),
         _hex_case(
             a,
-            "window_ends_before_it_starts",
-            TOKEN[:13] + TOKEN[17:21] + TOKEN[13:17] + TOKEN[21:],
+            "body_window_ends_before_it_starts",
+            body[:12] + body[16:20] + body[12:16] + body[20:],
             "bad_value",
         ),
     ]
-    key = KEYS.token_key.hex()
-    fields = a.decode(TOKEN)
-    fields_no_tag = {k: v for k, v in fields.items() if k != "tag"}
-    cases.append(
-        _op_case(a, "sign_visit_token", "sign", {"key": key, "token": fields_no_tag}, None)
-    )
-    cases.append(
-        _op_case(
-            a, "session_key_of_visit_token", "session_key", {"key": key, "token": TOKEN.hex()}, None
-        )
-    )
+    cases.append(_op_case(a, "sealed_visit_token", "seal", {"key": key, "token": fields}, None))
+    assert cases[-1]["result"] == TOKEN.hex()
+    sealed = TOKEN.hex()
+    for name, data, expect in (
+        ("check_sealed_visit_token", TOKEN, None),
+        ("check_empty", b"", "truncated"),
+        ("check_version_1", b"\x01" + TOKEN[1:], "bad_version"),
+        ("check_one_byte_short", TOKEN[:-1], "truncated"),
+        ("check_one_byte_long", TOKEN + b"\x00", "too_long"),
+    ):
+        cases.append(_op_case(a, name, "check", {"token": data.hex()}, expect))
+    open_args = {"key": key, "token": sealed, "lock_id": LOCK}
+    cases.append(_op_case(a, "open_visit_token", "open", open_args, None))
+    # Nothing of the fields is in the clear: no field's bytes appear in the token.
+    for field in (HOLDER, NOT_BEFORE, NOT_AFTER, LOCK):
+        assert field.to_bytes(4, "big") not in TOKEN, field
+    cases.append(_op_case(a, "session_key_of_visit_token", "session_key", open_args, None))
     assert cases[-1]["result"] == SESSION.hex()
 
     def verify(name: str, expect: str | None, **over: Any) -> None:
         args = {
             "key": key,
-            "token": TOKEN.hex(),
+            "token": sealed,
             "lock_id": LOCK,
             "now_s": VISIT,
             "epoch": EPOCH,
@@ -250,12 +263,13 @@ def token_cases() -> list[Case]:
     verify("verify_ok_skew_after_window", None, now_s=NOT_AFTER + 60)
     verify("verify_expired_past_skew", "expired", now_s=NOT_AFTER + 61)
     verify("verify_expired_no_skew", "expired", now_s=NOT_AFTER + 1, skew_s=0)
-    verify("verify_wrong_lock", "wrong_lock", lock_id=OTHER_LOCK, key=OTHER_KEYS.token_key.hex())
+    # Another lock's key cannot open it at all: bad_tag, not wrong_lock.
+    verify("verify_at_other_lock", "bad_tag", lock_id=OTHER_LOCK, key=OTHER_KEYS.token_key.hex())
     verify("verify_revoked", "revoked", epoch=EPOCH + 1)
     verify("verify_no_read_audit_right", "no_right", right=RIGHT_READ_AUDIT)
-    verify("verify_tag_bit_flipped", "bad_tag", token=_flip(TOKEN, 41, 7).hex())
-    verify("verify_holder_bit_flipped", "bad_tag", token=_flip(TOKEN, 8, 0).hex())
-    verify("verify_window_extended", "bad_tag", token=_flip(TOKEN, 19, 4).hex())
+    verify("verify_tag_bit_flipped", "bad_tag", token=_flip(TOKEN, 16, 7).hex())
+    verify("verify_sealed_holder_bit_flipped", "bad_tag", token=_flip(TOKEN, 22, 0).hex())
+    verify("verify_sealed_window_bit_flipped", "bad_tag", token=_flip(TOKEN, 35, 4).hex())
     verify("verify_other_locks_key", "bad_tag", key=OTHER_KEYS.token_key.hex())
     verify("verify_truncated", "truncated", token=TOKEN[:30].hex())
     return cases
@@ -271,9 +285,8 @@ LOCK_CONFIG = {
     "epoch": EPOCH,
     "relay_bound_ms": 500,
     "skew_s": 60,
-    "max_failures": 3,
-    "failure_window_ms": 10000,
-    "backoff_ms": 5000,
+    "max_refusals": 3,
+    "max_connections": 4,
 }
 
 
@@ -283,28 +296,53 @@ class Script:
     def __init__(self, **over: Any) -> None:
         self.config = dict(LOCK_CONFIG, **over)
         self.lock: LockVerifier = vec_handshake._verifier(self.config)[0]
+        self.conns: dict[int, Connection] = {}
         self.steps: list[dict[str, Any]] = []
         self.statuses: list[str] = []
-        self.challenges: list[bytes] = []
+        self.actions: list[str] = []
 
-    def challenge(self, nonce: bytes, now_ms: int, clock_s: int = VISIT) -> bytes:
-        self.steps.append({"challenge": nonce.hex(), "now_ms": now_ms, "clock_s": clock_s})
-        msg = self.lock.challenge(nonce, now_ms, clock_s)
-        self.challenges.append(msg)
-        return msg
+    def _conn(self, conn: int, now_ms: int) -> Connection:
+        if conn not in self.conns:
+            self.conns[conn] = self.lock.connect(now_ms)
+        return self.conns[conn]
+
+    def _step(self, step: dict[str, Any], conn: int) -> None:
+        if conn:
+            step["conn"] = conn
+        self.steps.append(step)
+
+    def challenge(self, nonce: bytes, now_ms: int, clock_s: int = VISIT, conn: int = 0) -> bytes:
+        self._step({"challenge": nonce.hex(), "now_ms": now_ms, "clock_s": clock_s}, conn)
+        return self.lock.challenge(self._conn(conn, now_ms), nonce, now_ms, clock_s)
+
+    def refused_challenge(self, nonce: bytes, now_ms: int, conn: int = 0) -> str:
+        self._step({"challenge": nonce.hex(), "now_ms": now_ms, "clock_s": VISIT}, conn)
+        try:
+            self.lock.challenge(self._conn(conn, now_ms), nonce, now_ms, VISIT)
+        except ProtocolError as e:
+            self.statuses.append("refused:" + e.reason)
+            return e.reason
+        raise AssertionError("challenge accepted")
 
     def tick(self, now_ms: int) -> None:
         self.steps.append({"tick": now_ms})
         self.lock.tick(now_ms)
 
-    def send(self, msg: bytes, now_ms: int, clock_s: int = VISIT) -> str:
-        self.steps.append({"respond": msg.hex(), "now_ms": now_ms, "clock_s": clock_s})
-        v = self.lock.respond(msg, now_ms, clock_s)
+    def disconnect(self, conn: int) -> None:
+        self.steps.append({"disconnect": conn})
+        self.lock.disconnect(self.conns.pop(conn))
+
+    def send(self, msg: bytes, now_ms: int, clock_s: int = VISIT, conn: int = 0) -> str:
+        self._step({"respond": msg.hex(), "now_ms": now_ms, "clock_s": clock_s}, conn)
+        v = self.lock.respond(self._conn(conn, now_ms), msg, now_ms, clock_s)
         self.statuses.append(v.status)
+        self.actions.append(ACTION_NAMES[v.action])
         return v.status
 
-    def case(self, name: str, expect: list[str]) -> Case:
+    def case(self, name: str, expect: list[str], actions: list[str] | None = None) -> Case:
         assert self.statuses == expect, f"{name}: {self.statuses} != {expect}"
+        if actions is not None:
+            assert self.actions == actions, f"{name}: {self.actions} != {actions}"
         return _op_case(
             vec_handshake, name, "lock", {"lock": self.config, "steps": self.steps}, None
         )
@@ -317,7 +355,7 @@ def _request(
     session: bytes = SESSION,
     nonce: bytes = HOLDER_NONCE,
 ) -> bytes:
-    return HolderSession(token, session).request(challenge, op, nonce)
+    return HolderSession(token, session, LOCK).request(challenge, op, nonce)
 
 
 def _command(challenge: bytes, cmd: int, value: int, key: bytes = KEYS.edge_key) -> bytes:
@@ -333,11 +371,12 @@ def handshake_cases() -> list[Case]:
     ch = s.challenge(LOCK_NONCE, 1000)
     req = _request(ch)
     s.send(req, 1080)
-    cases.append(s.case("transcript_unlock_lock_side", ["ok"]))
+    cases.append(s.case("transcript_unlock_lock_side", ["ok"], ["open"]))
     reply = bytes.fromhex(cases[-1]["result"]["steps"][1]["reply"])
     holder_args = {
         "token": TOKEN.hex(),
         "session_key": SESSION.hex(),
+        "lock_id": LOCK,
         "challenge": ch.hex(),
         "op": RIGHT_UNLOCK,
         "holder_nonce": HOLDER_NONCE.hex(),
@@ -390,12 +429,13 @@ def handshake_cases() -> list[Case]:
         _hex_case(a, "result_ok", reply),
         _hex_case(a, "notice_wrong_lock", hs.Notice(2, "wrong_lock").encode()),
         _hex_case(a, "notice_for_empty_message", hs.Notice(0, "truncated").encode()),
+        _hex_case(a, "notice_clock_stale", hs.Notice(2, "clock_stale").encode()),
         _hex_case(a, "command_time_set", _command(ch, CMD_TIME_SET, VISIT)),
         _hex_case(a, "command_epoch_set", _command(ch, CMD_EPOCH_SET, EPOCH + 1)),
         _hex_case(a, "empty_message", b"", "truncated"),
         _hex_case(a, "unknown_type", b"\x09" + bytes(29), "unknown_type"),
         _hex_case(a, "challenge_short", ch[:-1], "truncated"),
-        _hex_case(a, "challenge_version_2", ch[:1] + b"\x02" + ch[2:], "bad_version"),
+        _hex_case(a, "challenge_version_1", ch[:1] + b"\x01" + ch[2:], "bad_version"),
         _hex_case(a, "request_long", req + b"\x00", "too_long"),
         _hex_case(a, "request_two_ops", req[:1] + b"\x03" + req[2:], "bad_value"),
         _hex_case(a, "request_no_op", req[:1] + b"\x00" + req[2:], "bad_value"),
@@ -408,16 +448,16 @@ def handshake_cases() -> list[Case]:
         ),
         _hex_case(a, "result_unknown_status", reply[:3] + b"\xc8" + reply[4:], "bad_value"),
         _hex_case(a, "result_command_op_3", b"\x03\x05\x03\x00" + bytes(16), "bad_value"),
-        _hex_case(a, "notice_unknown_status", b"\x04\x02\x11", "bad_value"),
+        _hex_case(a, "notice_unknown_status", b"\x04\x02\x12", "bad_value"),
     ]
 
-    # Replay: a challenge answers once.
+    # Replay: a challenge answers once, on its own connection.
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
     req = _request(ch)
     s.send(req, 1080)
     s.send(req, 1100)
-    cases.append(s.case("replay_same_challenge", ["ok", "replay"]))
+    cases.append(s.case("replay_same_challenge", ["ok", "replay"], ["open", "drop"]))
 
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
@@ -429,9 +469,24 @@ def handshake_cases() -> list[Case]:
 
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
-    s.send(_request(ch)[:-1] + b"\x00", 1050)  # a guess
-    s.send(_request(ch), 1080)  # the right proof, too late: the guess used the challenge
-    cases.append(s.case("one_attempt_per_challenge", ["bad_proof", "replay"]))
+    s.send(_request(ch)[:-1] + b"\x00", 1050)  # a guess: the connection is dropped
+    s.send(_request(ch), 1060)  # the same connection: refused unread
+    s.send(_request(ch), 1080, conn=1)  # the right proof, another connection: used up
+    expect = ["bad_proof", "rate_limited", "replay"]
+    cases.append(s.case("one_attempt_per_challenge", expect, ["drop", "drop", "drop"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000, conn=1)  # a relay's connection
+    s.send(_request(ch), 1050, conn=0)  # answered on another connection
+    cases.append(s.case("answer_on_another_connection", ["replay"]))
+
+    s = Script()
+    s.challenge(LOCK_NONCE, 1000)
+    s.refused_challenge(LOCK_NONCE, 1010, conn=1)  # the RNG repeated an outstanding nonce
+    s.tick(2000)
+    s.refused_challenge(LOCK_NONCE, 2010, conn=2)  # ... or a recent one
+    expect = ["refused:replay", "refused:replay"]
+    cases.append(s.case("repeated_challenge_nonce_refused", expect))
 
     # Relay bound.
     s = Script()
@@ -439,7 +494,7 @@ def handshake_cases() -> list[Case]:
     s.send(_request(ch), 1500)
     ch = s.challenge(bytes(range(16)), 2000)
     s.send(_request(ch), 2501)
-    cases.append(s.case("relay_bound_500ms_inclusive", ["ok", "too_late"]))
+    cases.append(s.case("relay_bound_500ms_inclusive", ["ok", "too_late"], ["open", "refuse"]))
 
     s = Script()
     ch = s.challenge(LOCK_NONCE, 0x3FFFFF00)  # ticks_ms about to wrap
@@ -457,29 +512,29 @@ def handshake_cases() -> list[Case]:
         s.send(_request(ch), 1080, clock)
         cases.append(s.case(name, [status]))
 
-    # Wrong lock, forged token, wrong proof, missing right.
+    # Another lock's token, forged token, wrong proof, missing right.
     other_token, _ = _mint(77, lock_id=OTHER_LOCK)
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
     forged = hs.Request(RIGHT_UNLOCK, LOCK_NONCE, HOLDER_NONCE, other_token, bytes(16)).encode()
     s.send(forged, 1050)
-    cases.append(s.case("token_for_other_lock", ["wrong_lock"]))
+    cases.append(s.case("token_for_other_lock", ["bad_tag"], ["drop"]))
 
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
     req = _request(ch)
-    s.send(req[:34] + _flip(req[34:76], 16) + req[76:], 1050)  # window bit in the token
+    s.send(req[:34] + _flip(req[34:76], 30) + req[76:], 1050)  # a sealed window bit
     cases.append(s.case("token_tampered", ["bad_tag"]))
 
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
-    s.send(_request(ch, session=bytes(32)), 1050)  # token copied, session key guessed
-    cases.append(s.case("stolen_token_without_session_key", ["bad_proof"]))
+    s.send(_request(ch, session=bytes(range(1, 33))), 1050)  # token copied, key guessed
+    cases.append(s.case("stolen_token_without_session_key", ["bad_proof"], ["drop"]))
 
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
     s.send(_request(ch, op=RIGHT_READ_AUDIT), 1050)
-    cases.append(s.case("no_read_audit_right", ["no_right"]))
+    cases.append(s.case("no_read_audit_right", ["no_right"], ["refuse"]))
 
     # Revocation epoch.
     s = Script(epoch=EPOCH + 1)
@@ -495,37 +550,48 @@ def handshake_cases() -> list[Case]:
     s.send(_request(ch), 2050)
     cases.append(s.case("newer_token_raises_epoch_and_revokes_older", ["ok", "revoked"]))
 
-    # Rate limit: 3 failures in 10 s, then 5 s of refusals.
+    # Failures are charged to their connection: junk drops it, refusals add up.
     s = Script()
-    for i in range(3):
-        ch = s.challenge(bytes([i]) * 16, 1000 + 100 * i)
-        s.send(_request(ch, session=bytes(32)), 1050 + 100 * i)
-    ch = s.challenge(bytes([9]) * 16, 1400)
-    s.send(_request(ch), 1450)  # the real holder, during the back-off
-    ch = s.challenge(bytes([10]) * 16, 6300)
-    s.send(_request(ch), 6350)  # after it
-    expect = ["bad_proof", "bad_proof", "bad_proof", "rate_limited", "ok"]
-    cases.append(s.case("rate_limited_after_3_failures", expect))
+    s.send(b"", 1000, conn=1)
+    s.send(b"\x09\x00", 1001, conn=2)
+    s.send(bytes([0x01]) + bytes(29), 1002, conn=3)  # a challenge sent to the lock
+    expect = ["truncated", "unknown_type", "unknown_type"]
+    cases.append(s.case("junk_messages", expect, ["drop", "drop", "drop"]))
 
     s = Script()
     for i in range(3):
-        s.send(bytes([0x02, 0x01]), 1000 + 6000 * i)  # failures 6 s apart: never 3 in 10 s
-    ch = s.challenge(LOCK_NONCE, 13000)
-    s.send(_request(ch), 13050)
-    cases.append(s.case("slow_failures_not_limited", ["truncated", "truncated", "truncated", "ok"]))
+        ch = s.challenge(bytes([i + 1]) * 16, 1000 + 100 * i)
+        s.send(_request(ch, op=RIGHT_READ_AUDIT), 1050 + 100 * i)
+    expect = ["no_right"] * 3
+    cases.append(s.case("three_refusals_drop_the_connection", expect, ["refuse", "refuse", "drop"]))
 
     s = Script()
-    s.send(b"", 1000)
-    s.send(b"\x09\x00", 1001)
-    s.send(bytes([0x01]) + bytes(29), 1002)  # a challenge sent to the lock
-    cases.append(s.case("junk_messages", ["truncated", "unknown_type", "unknown_type"]))
+    for i in range(3):  # a prober, one connection per try
+        s.send(bytes([0x02, 0x01]), 1000 + i, conn=10 + i)
+        ch = s.challenge(bytes([0x70 + i]) * 16, 1100 + i, conn=20 + i)
+        s.send(_request(ch, session=bytes(range(1, 33))), 1110 + i, conn=20 + i)
+    ch = s.challenge(LOCK_NONCE, 1200)
+    s.send(_request(ch), 1250)  # the real holder, during the probing
+    ch = s.challenge(bytes(range(16)), 1300, conn=5)
+    s.send(_command(ch, CMD_EPOCH_SET, EPOCH), 1320, conn=5)  # and the edge
+    expect = ["truncated", "bad_proof"] * 3 + ["ok", "ok"]
+    cases.append(s.case("probing_connections_do_not_block_others", expect))
+
+    stale = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 1, bytes(16))
+    s = Script()
+    for i in range(4):
+        s.send(stale, 1001 + i)  # the lock wrote nothing: authentic, refused, not charged
+    ch = s.challenge(LOCK_NONCE, 1005)
+    s.send(_request(ch), 1010)
+    expect = ["bad_value"] * 4 + ["ok"]
+    cases.append(s.case("stale_acks_are_not_charged", expect, ["refuse"] * 4 + ["open"]))
 
     # Edge commands.
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
     time_set = _command(ch, CMD_TIME_SET, VISIT + 5)
     s.send(time_set, 1040)
-    cases.append(s.case("transcript_time_set", ["ok"]))
+    cases.append(s.case("transcript_time_set", ["ok"], ["set_time"]))
     reply = bytes.fromhex(cases[-1]["result"]["steps"][1]["reply"])
     edge_args = {
         "edge_key": KEYS.edge_key.hex(),
@@ -547,15 +613,17 @@ def handshake_cases() -> list[Case]:
     s.send(_command(ch, CMD_EPOCH_SET, EPOCH + 1), 2040)
     ch = s.challenge(bytes([7]) * 16, 3000)
     s.send(_request(ch), 3050)
-    cases.append(s.case("epoch_set_then_lower_refused", ["ok", "bad_value", "revoked"]))
+    expect = ["ok", "bad_value", "revoked"]
+    cases.append(s.case("epoch_set_then_lower_refused", expect, ["set_epoch", "refuse", "refuse"]))
 
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
     s.send(_command(ch, CMD_TIME_SET, 1, key=OTHER_KEYS.edge_key), 1040)
-    ch = s.challenge(bytes(range(16)), 2000)
-    s.send(_command(ch, CMD_TIME_SET, VISIT), 2600)
-    cases.append(s.case("command_forged_then_late", ["bad_tag", "too_late"]))
+    ch = s.challenge(bytes(range(16)), 2000, conn=1)
+    s.send(_command(ch, CMD_TIME_SET, VISIT), 2600, conn=1)
+    cases.append(s.case("command_forged_then_late", ["bad_tag", "too_late"], ["drop", "refuse"]))
     cases += review_cases()
+    cases += clock_floor_cases()
     return cases
 
 
@@ -563,7 +631,7 @@ WRAP_MS = 1 << 30  # ticks_ms() period (ESP32)
 
 
 def review_cases() -> list[Case]:
-    # One case per attack the security review found (LOCK.md).
+    # One case per attack the security reviews found (LOCK.md).
     cases: list[Case] = []
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
@@ -581,26 +649,16 @@ def review_cases() -> list[Case]:
     s = Script()
     ch = s.challenge(LOCK_NONCE, 1000)
     s.send(_request(ch), (1000 + WRAP_MS + 300) % WRAP_MS, late_s)  # no tick ran
-    ch = s.challenge(bytes(range(16)), 5000)
-    s.send(_request(ch), 5100, VISIT + 3)
+    ch = s.challenge(bytes(range(16)), 5000, late_s)
+    s.send(_request(ch), 5100, late_s + 3)
     cases.append(s.case("lock_clock_moved_since_the_challenge", ["too_late", "too_late"]))
 
     s = Script()
-    held = s.challenge(LOCK_NONCE, 1000)
+    held = s.challenge(LOCK_NONCE, 1000, conn=1)
     ch = s.challenge(bytes(range(16)), 1000)
     s.send(_command(ch, CMD_TIME_SET, VISIT + 30), 1040)
-    s.send(_request(held), 1050, VISIT + 30)
+    s.send(_request(held), 1050, VISIT + 30, conn=1)
     cases.append(s.case("time_set_drops_outstanding_challenges", ["ok", "replay"]))
-
-    s = Script()
-    for i in range(3):
-        s.send(bytes([0x02, 0x01]), 1000 + i)
-    ch = s.challenge(LOCK_NONCE, 5900)
-    req = _request(ch)
-    s.send(req, 5950)  # refused during the back-off ...
-    s.send(req, 6010)  # ... and its challenge is gone after it
-    expect = ["truncated", "truncated", "truncated", "rate_limited", "replay"]
-    cases.append(s.case("rate_limited_refusal_uses_up_the_challenge", expect))
 
     far_token, far_session = _mint(0x0A0B0C0F, epoch=EPOCH + 17)
     s = Script()
@@ -608,17 +666,54 @@ def review_cases() -> list[Case]:
     s.send(_request(ch, token=far_token, session=far_session), 1050)
     cases.append(s.case("token_epoch_too_far_ahead", ["bad_value"]))
 
-    stale = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 1, bytes(16))
     s = Script()
-    s.send(bytes([0x02, 0x01]), 1000)
-    s.send(stale, 1001)  # the lock wrote nothing: authentic, refused, not counted
-    s.send(stale, 1002)
-    s.send(stale, 1003)
-    s.send(bytes([0x02, 0x01]), 1004)
-    ch = s.challenge(LOCK_NONCE, 1005)
-    s.send(_request(ch), 1010)
-    expect = ["truncated", "bad_value", "bad_value", "bad_value", "truncated", "ok"]
-    cases.append(s.case("stale_acks_do_not_trip_the_limiter", expect))
+    ch = s.challenge(LOCK_NONCE, 1000, conn=9)  # the edge proves its key first
+    s.send(_command(ch, CMD_EPOCH_SET, EPOCH), 1010, conn=9)
+    for i in range(6):  # then a flood of new connections, each taking a challenge
+        s.challenge(bytes([0x30 + i]) * 16, 1100 + i, conn=1 + i)
+    ch = s.challenge(bytes(range(16)), 1200, conn=9)
+    s.send(_command(ch, CMD_TIME_SET, VISIT), 1210, conn=9)
+    s.send(b"\x02", 1310, conn=1)  # the oldest of the flood was evicted, not the edge
+    expect = ["ok", "ok", "rate_limited"]
+    cases.append(s.case("proven_session_survives_a_connection_flood", expect))
+
+    s = Script()
+    s.challenge(LOCK_NONCE, 1000, conn=1)  # a squatter
+    ch = s.challenge(bytes(range(16)), 10900)
+    s.tick(11001)  # conn 1 silent for 10 s: closed
+    s.send(_request(ch), 10950)
+    s.send(b"\x02", 11002, conn=1)
+    cases.append(s.case("idle_connection_closed_by_tick", ["ok", "rate_limited"]))
+
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch, session=bytes(range(1, 33))), 1600)  # late and no proof
+    cases.append(s.case("late_unproven_request_logs_no_holder", ["bad_proof"]))
+    entry = audit.decode_entry(bytes.fromhex(cases[-1]["result"]["audit"][0]))
+    assert (entry.holder_id, entry.token_id) == (0, 0)
+    return cases
+
+
+def clock_floor_cases() -> list[Case]:
+    # The lock's clock must not go below the newest time it logged.
+    cases: list[Case] = []
+    floor = NOT_AFTER + 3600  # the lock had seen an hour after the visit ended
+    s = Script(clock_floor_s=floor)
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)  # RTC came back at the visit's time: an expired token
+    ch = s.challenge(bytes(range(16)), 2000)
+    s.send(_command(ch, CMD_TIME_SET, VISIT), 2040)  # the edge says: it really is VISIT
+    ch = s.challenge(bytes([7]) * 16, 3000)
+    s.send(_request(ch), 3050)
+    expect = ["clock_stale", "ok", "ok"]
+    cases.append(
+        s.case("stale_clock_refused_until_time_set", expect, ["refuse", "set_time", "open"])
+    )
+
+    s = Script(needs_time=True)  # persisted from before a reset
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)
+    cases.append(s.case("needs_time_survives_a_reset", ["clock_stale"]))
     return cases
 
 
@@ -651,15 +746,13 @@ def audit_cases() -> list[Case]:
     cases += [
         _hex_case(a, "entry_first", e1),
         _hex_case(a, "entry_unauthenticated_attempt", e2),
-        _hex_case(a, "batch_of_two", audit.encode_batch([e1, e2])),
-        _hex_case(a, "batch_empty", audit.encode_batch([])),
         _hex_case(a, "entry_seq_zero", bytes(4) + e1[4:], "bad_value"),
         _hex_case(a, "entry_unknown_event", e1[:8] + b"\x09" + e1[9:], "bad_value"),
         _hex_case(a, "entry_unknown_status", e1[:10] + b"\x63" + e1[11:], "bad_value"),
-        _hex_case(a, "batch_count_too_high", b"\x07\x02" + e1, "truncated"),
-        _hex_case(a, "batch_count_too_low", b"\x07\x01" + e1 + e2, "too_long"),
-        _hex_case(a, "batch_header_only_one_byte", b"\x07", "truncated"),
     ]
+    seal_key = SealKey(KEYS.audit_key)
+    two = audit.encode_batch([e1, e2], seal_key, LOCK)
+    cases += batch_cases(base, [e1, e2], two)
     h5 = audit.entry_hash(e5)
     ack = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 5, h5)
     cases += [
@@ -710,6 +803,55 @@ def audit_cases() -> list[Case]:
     check("chain_resent_only", [e1, e2], None, next_seq=3, last_hash=e3[23:39].hex())
     check("chain_truncated_entry", [e1[:54]], "truncated")
     cases += audit_review_cases(base, entries)
+    return cases
+
+
+def batch_cases(base: dict[str, Any], two: list[bytes], sealed: bytes) -> list[Case]:
+    # Sealed AUDIT_BATCHes: the lock's, the edge's opening of them.
+    a = vec_audit
+    cases = [
+        _op_case(
+            a, "batch_of_two_sealed", "seal_batch", dict(base, entries=[e.hex() for e in two]), None
+        ),
+        _op_case(a, "batch_empty_sealed", "seal_batch", dict(base, entries=[]), None),
+        _op_case(a, "batch_of_two_opened", "open_batch", dict(base, batch=sealed.hex()), None),
+        _op_case(
+            a,
+            "batch_lock_builds_the_same_bytes",
+            "batch",
+            dict(base, events=_log_events()[:2], max_entries=2),
+            None,
+        ),
+        _op_case(
+            a,
+            "batch_fits_free_memory",  # 2 KB reserve + one entry: a batch of one
+            "batch",
+            dict(base, events=_log_events(), mem_free=audit.BATCH_RESERVE_BYTES + 60),
+            None,
+        ),
+    ]
+    assert cases[0]["result"] == sealed.hex() == cases[3]["result"]
+    assert cases[4]["result"][2:4] == "01"
+    for e in two:  # no entry bytes in the clear
+        assert e[11:19].hex() not in cases[0]["result"]
+    for name, data, expect in (
+        ("batch_bit_flipped", _flip(sealed, 40), "bad_tag"),
+        ("batch_tag_flipped", _flip(sealed, 3), "bad_tag"),
+        ("batch_count_too_high", sealed[:1] + b"\x03" + sealed[2:], "truncated"),
+        ("batch_count_too_low", sealed[:1] + b"\x01" + sealed[2:], "too_long"),
+        ("batch_header_only", sealed[:17], "truncated"),
+        ("batch_not_a_batch", b"\x06" + sealed[1:], "unknown_type"),
+    ):
+        cases.append(_op_case(a, name, "open_batch", dict(base, batch=data.hex()), expect))
+    cases.append(
+        _op_case(
+            a,
+            "batch_of_other_lock",
+            "open_batch",
+            dict(base, batch=sealed.hex(), lock_id=OTHER_LOCK),
+            "bad_tag",
+        )
+    )
     return cases
 
 
@@ -773,7 +915,24 @@ def audit_review_cases(base: dict[str, Any], entries: list[bytes]) -> list[Case]
         next_seq=5,
         last_hash=hashes[3].hex(),
     )
+    # A marker whose first lost entry has left the checker's memory: the
+    # edge's durable store (lookup) decides; without it the batch is refused.
+    wiped = _overflowed_log(time_s=VISIT + 999)  # a lock wiped and restarted
+    after2 = {"next_seq": 3, "last_hash": first3[1], "recent": {"2": first3[1]}}
+    check("chain_marker_unknown_entry_refused", wiped, "bad_chain", **after2)
+    check("chain_marker_unknown_entry_refused_honest", held, "bad_chain", **after2)
+    durable = {"1": first3[0]}
+    check("chain_marker_durable_lookup_restart", wiped, "restarted", durable=durable, **after2)
+    check("chain_marker_durable_lookup_overflow", held, None, durable=durable, **after2)
     return cases
+
+
+def _overflowed_log(time_s: int) -> list[bytes]:
+    # What a lock of capacity 4 holds after 6 openings: a lost marker for 1..3, then 4..6.
+    log = audit.AuditLog(KEYS.audit_key, LOCK, capacity=4)
+    for _ in range(6):
+        log.append(time_s, 1, 1, "ok", holder_id=HOLDER)
+    return log.entries
 
 
 def _first_log(n: int, time_s: int = VISIT) -> list[bytes]:

@@ -1,17 +1,20 @@
 # Golden-vector adapter for the lock's audit trail (kommune.protocols.audit).
 #
-# "hex" is a 55-byte entry, an AUDIT_BATCH or an AUDIT_ACK (told apart by
-# length, then type byte); "fields" has "type" and the fields, bytes as hex.
-# Ops (keys and bytes as hex):
+# "hex" is a 55-byte entry or an AUDIT_ACK (told apart by length); "fields"
+# has "type" and the fields, bytes as hex. Ops (keys and bytes as hex):
 #   "log"      entries a lock holds after args["events"] under args["audit_key"]
 #              (optional "capacity"; an event {"ack": seq, "hash": h} prunes)
 #   "check"    the edge's chain check of args["entries"] from args["next_seq"] /
 #              args["last_hash"] (optional "recent" {seq: hash}, "resync"):
 #              accepted seqs, lost ranges, restart flag, the new anchor; or an error
 #   "ack"      an AUDIT_ACK for args["seq"] / args["hash"]; "open_ack" its fields
+#   "batch"    the sealed AUDIT_BATCH a lock sends after args["events"] (as "log",
+#              optional "max_entries", "mem_free"); "seal_batch" of args["entries"]
+#   "open_batch"  the entries of the sealed args["batch"] (the edge's side)
 from kommune.protocols import audit
 from kommune.protocols.audit_check import AuditChecker
-from kommune.protocols.lock_wire import MSG_AUDIT_BATCH, lock_key
+from kommune.protocols.lock_wire import lock_key
+from kommune.protocols.seal import SealKey
 
 
 def _h(text):
@@ -52,8 +55,6 @@ def _entry(f):
 def decode(data):
     if len(data) == audit.ENTRY_BYTES:
         return _entry_fields(audit.decode_entry(data))
-    if data[:1] == bytes((MSG_AUDIT_BATCH,)):
-        return {"type": "batch", "entries": [_entry_fields(e) for e in audit.decode_batch(data)]}
     a = audit.decode_ack(data)
     return {"type": "ack", "seq": a.seq, "entry_hash": a.entry_hash.hex(), "mac": a.mac.hex()}
 
@@ -61,37 +62,55 @@ def decode(data):
 def encode(f):
     if f["type"] == "entry":
         return _entry(f).encode()
-    if f["type"] == "batch":
-        return audit.encode_batch([_entry(e).encode() for e in f["entries"]])
     return audit.Ack(f["seq"], _h(f["entry_hash"]), _h(f["mac"])).encode()
 
 
-def op(name, args):
-    if name == "log":
-        log = audit.AuditLog(
-            _h(args["audit_key"]), args["lock_id"], capacity=args.get("capacity", 64)
+def _log(args):
+    log = audit.AuditLog(_h(args["audit_key"]), args["lock_id"], capacity=args.get("capacity", 64))
+    for ev in args["events"]:
+        if "ack" in ev:
+            log.prune(ev["ack"], _h(ev["hash"]))
+            continue
+        log.append(
+            ev["time_s"],
+            ev["event"],
+            ev["op"],
+            ev["status"],
+            holder_id=ev.get("holder_id", 0),
+            token_id=ev.get("token_id", 0),
+            arg=ev.get("arg", 0),
         )
-        for ev in args["events"]:
-            if "ack" in ev:
-                log.prune(ev["ack"], _h(ev["hash"]))
-                continue
-            log.append(
-                ev["time_s"],
-                ev["event"],
-                ev["op"],
-                ev["status"],
-                holder_id=ev.get("holder_id", 0),
-                token_id=ev.get("token_id", 0),
-                arg=ev.get("arg", 0),
-            )
+    return log
+
+
+def op(name, args):
+    if name == "batch":
+        log = _log(args)
+        return log.batch(args.get("max_entries", 255), args.get("mem_free", -1)).hex()
+    if name == "seal_batch":
+        key = SealKey(_h(args["audit_key"]))
+        return audit.encode_batch([_h(e) for e in args["entries"]], key, args["lock_id"]).hex()
+    if name == "open_batch":
+        key = SealKey(_h(args["audit_key"]))
+        return [e.hex() for e in audit.open_batch(_h(args["batch"]), key, args["lock_id"])]
+    if name == "log":
+        log = _log(args)
         log.batch(0)  # logs a pending failure summary, as a collection would
         return [e.hex() for e in log.entries]
     if name == "check":
         recent = {}
         for seq in args.get("recent", {}):
             recent[int(seq)] = _h(args["recent"][seq])
+        durable = {}
+        for seq in args.get("durable", {}):
+            durable[int(seq)] = _h(args["durable"][seq])
         checker = AuditChecker(
-            _h(args["audit_key"]), args["lock_id"], args["next_seq"], _h(args["last_hash"]), recent
+            _h(args["audit_key"]),
+            args["lock_id"],
+            args["next_seq"],
+            _h(args["last_hash"]),
+            recent,
+            lookup=durable.get if "durable" in args else None,
         )
         accepted = checker.accept([_h(e) for e in args["entries"]], args.get("resync", False))
         checker.commit(accepted)

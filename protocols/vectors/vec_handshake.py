@@ -6,15 +6,19 @@
 #   "lock"   replays args["steps"] against a LockVerifier built from
 #            args["lock"]: {"challenge": nonce, "now_ms", "clock_s"} issues a
 #            challenge, {"respond": message, "now_ms", "clock_s"} answers one,
-#            {"tick": now_ms} is the firmware's main-loop tick.
-#            Result: each step's output, the lock's epoch, its audit entries.
+#            {"tick": now_ms} is the firmware's main-loop tick; "conn" names
+#            the connection (default 0; connected on first use), and
+#            {"disconnect": conn} ends one. Result: each step's output
+#            (status, reply, action), the lock's epoch, needs_time, its audit
+#            entries.
 #   "holder" builds a phone's request for args["challenge"] and opens the
 #            lock's args["reply"] (the holder side of the same transcript).
 #   "edge"   the same for an edge command.
 from kommune.protocols import handshake as hs
 from kommune.protocols.audit import AuditLog
-from kommune.protocols.lock_client import EdgeSession, HolderSession
-from kommune.protocols.lock_verifier import LockVerifier, RateLimiter
+from kommune.protocols.errors import ProtocolError
+from kommune.protocols.lock_client import ACTION_NAMES, EdgeSession, HolderSession
+from kommune.protocols.lock_verifier import LockVerifier
 
 
 def _h(text):
@@ -78,10 +82,7 @@ def encode(f):
 
 
 def _verifier(c):
-    limiter = RateLimiter(
-        c.get("max_failures", 5), c.get("failure_window_ms", 60000), c.get("backoff_ms", 30000)
-    )
-    log = AuditLog(_h(c["audit_key"]), c["lock_id"])
+    log = AuditLog(_h(c["audit_key"]), c["lock_id"], last_time_s=c.get("clock_floor_s", 0))
     v = LockVerifier(
         c["lock_id"],
         _h(c["token_key"]),
@@ -90,25 +91,46 @@ def _verifier(c):
         log,
         relay_bound_ms=c.get("relay_bound_ms", 500),
         skew_s=c.get("skew_s", 60),
-        limiter=limiter,
+        max_refusals=c.get("max_refusals", 3),
+        max_connections=c.get("max_connections", 4),
+        needs_time=c.get("needs_time", False),
     )
     return v, log
 
 
 def _lock(args):
     v, log = _verifier(args["lock"])
+    conns = {}
     out = []
     for s in args["steps"]:
         if "tick" in s:
             v.tick(s["tick"])
             out.append({"tick": s["tick"]})
-        elif "challenge" in s:
-            msg = v.challenge(_h(s["challenge"]), s["now_ms"], s["clock_s"])
-            out.append({"challenge": msg.hex()})
+            continue
+        if "disconnect" in s:
+            v.disconnect(conns.pop(s["disconnect"]))
+            out.append({"disconnect": s["disconnect"]})
+            continue
+        k = s.get("conn", 0)
+        if k not in conns:
+            conns[k] = v.connect(s["now_ms"])
+        if "challenge" in s:
+            try:
+                msg = v.challenge(conns[k], _h(s["challenge"]), s["now_ms"], s["clock_s"])
+                out.append({"challenge": msg.hex()})
+            except ProtocolError as e:
+                out.append({"refused": e.reason})
         else:
-            r = v.respond(_h(s["respond"]), s["now_ms"], s["clock_s"])
-            out.append({"status": r.status, "reply": r.reply.hex()})
-    return {"steps": out, "epoch": v.epoch, "audit": [e.hex() for e in log.entries]}
+            r = v.respond(conns[k], _h(s["respond"]), s["now_ms"], s["clock_s"])
+            out.append(
+                {"status": r.status, "reply": r.reply.hex(), "action": ACTION_NAMES[r.action]}
+            )
+    return {
+        "steps": out,
+        "epoch": v.epoch,
+        "needs_time": v.needs_time,
+        "audit": [e.hex() for e in log.entries],
+    }
 
 
 def _reply(session, reply):
@@ -120,7 +142,7 @@ def op(name, args):
     if name == "lock":
         return _lock(args)
     if name == "holder":
-        holder = HolderSession(_h(args["token"]), _h(args["session_key"]))
+        holder = HolderSession(_h(args["token"]), _h(args["session_key"]), args["lock_id"])
         request = holder.request(
             _h(args["challenge"]), args["op"], _h(args["holder_nonce"]), args.get("now_s")
         )

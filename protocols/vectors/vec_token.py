@@ -1,42 +1,50 @@
 # Golden-vector adapter for access tokens (kommune.protocols.token).
 #
-# "hex" is a token's 42 bytes; "fields" its fields with the tag as hex.
-# Ops (keys as hex): "sign" -> token hex for args["token"] fields under
-# args["key"]; "session_key" -> the holder's session key for args["token"];
-# "verify" -> what the lock learns from args["token"] at lock args["lock_id"],
-# clock args["now_s"], epoch args["epoch"], for op args["right"].
+# "hex" is a token's 25-byte body (the fields that are sealed); "fields" its
+# fields. Ops (keys as hex): "seal" -> the sealed token for args["token"]
+# fields under args["key"]; "open" -> the fields (and seal tag) the lock at
+# args["lock_id"] reads from args["token"]; "session_key" -> the holder's
+# session key for the sealed args["token"]; "verify" -> what the lock learns
+# from args["token"] at clock args["now_s"], epoch args["epoch"], for op
+# args["right"]; "check" -> the structure check anyone can make (no key).
 from kommune.protocols import token as tokens
-from kommune.protocols.lock_wire import lock_key
+from kommune.protocols.seal import SealKey
 
 _INTS = ("token_id", "holder_id", "lock_id", "not_before_s", "not_after_s", "rights", "epoch")
 
 
 def _fields(tok):
-    fields = {name: getattr(tok, name) for name in _INTS}
-    fields["tag"] = tok.tag.hex()
-    return fields
+    return {name: getattr(tok, name) for name in _INTS}
 
 
 def _token(fields):
     ints = {name: fields[name] for name in _INTS}
-    return tokens.Token(tag=bytes.fromhex(fields.get("tag", "")), **ints)
+    return tokens.Token(**ints)
 
 
 def decode(data):
-    return _fields(tokens.decode(data))
+    return _fields(tokens.decode_body(data))
 
 
 def encode(fields):
-    return tokens.encode(_token(fields))
+    return tokens.encode_body(_token(fields))
 
 
 def op(name, args):
-    key = lock_key(bytes.fromhex(args["key"]))
-    if name == "sign":
-        return tokens.sign(key, _token(args["token"])).hex()
+    if name == "check":
+        tokens.check_sealed(bytes.fromhex(args["token"]))
+        return True
+    key = SealKey(bytes.fromhex(args["key"]))
+    if name == "seal":
+        return tokens.seal_token(key, _token(args["token"])).hex()
     data = bytes.fromhex(args["token"])
+    if name == "open":
+        tok = tokens.authenticate(data, key, args["lock_id"])
+        fields = _fields(tok)
+        fields["tag"] = tok.tag.hex()
+        return fields
     if name == "session_key":
-        return tokens.session_key(key, tokens.decode(data)).hex()
+        return tokens.session_key(key, tokens.authenticate(data, key, args["lock_id"])).hex()
     if name == "verify":
         tok = tokens.verify(
             data,

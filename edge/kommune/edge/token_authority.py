@@ -4,13 +4,17 @@ A token lets one holder operate one lock during one time window with some
 rights, at the lock's current revocation epoch. The authority keeps that epoch
 per lock and mints only at it; it only goes up (`revoke_all`), and the lock
 accepts a token at most `lock_verifier.MAX_EPOCH_STEP` epochs ahead of its
-own. The holder also gets a session key, which the lock re-derives from the
-token, so the lock stores nothing per holder. Layout and security argument: protocols/LOCK.md.
+own. The token is sealed (its fields encrypted and authenticated) under the
+lock's token key, so the phone carries an opaque blob it cannot read and
+nobody learns a visit's holder or window from the air. The holder also gets a
+session key, which the lock re-derives from the token, so the lock stores
+nothing per holder. Layout and security argument: protocols/LOCK.md.
 
 The byte layout comes from `kommune.protocols.token` (one source of truth);
-the tag and session key are computed here with `cryptography`'s HMAC, an
-implementation independent of the lock's `kommune.protocols.hmac_sha256`.
-The tests check that the two agree byte for byte.
+the seal (SIV on HMAC-SHA-256, `kommune.protocols.seal`) and the session key
+are computed here with `cryptography`'s HMAC, an implementation independent
+of the lock's `kommune.protocols.hmac_sha256`. The tests check that the two
+agree byte for byte.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, hmac
 from kommune.edge.keys import check_site_key, derive_lock_key
 from kommune.protocols import token as tokens
 from kommune.protocols.errors import ProtocolError
-from kommune.protocols.lock_wire import TAG_BYTES
+from kommune.protocols.lock_wire import TAG_BYTES, VERSION
+from kommune.protocols.seal import ENC_KEY_LABEL
 
 #: A visit token should cover a visit or a shift; a week is the most we mint.
 DEFAULT_MAX_WINDOW_S = 7 * 24 * 3600
@@ -36,7 +41,9 @@ class TokenAuthorityError(ValueError):
 
 @dataclass(frozen=True)
 class IssuedToken:
-    """A minted token: the bytes for the phone and the session key it must keep secret."""
+    """A minted token: the sealed bytes for the phone, the session key it must keep
+    secret, and the fields in clear for the phone's own use (finding the lock,
+    checking the window before connecting): they never go on the air."""
 
     token: bytes
     session_key: bytes = field(repr=False)
@@ -60,6 +67,22 @@ def _hmac_sha256(key: bytes, *parts: bytes) -> bytes:
     return mac.finalize()
 
 
+def _seal_body(token_key: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """(sealed token, tag): SIV on HMAC-SHA-256 under the lock's token key.
+
+    tag = HMAC(token key, "TOK2" || version || body)[:16]; the body is XORed
+    with HMAC(HMAC(token key, "ENC2"), tag || u32(0)) (25 bytes: one block).
+    """
+    head = bytes((VERSION,))
+    tag = _hmac_sha256(token_key, tokens.TAG_LABEL, head, body)[:TAG_BYTES]
+    enc_key = _hmac_sha256(token_key, ENC_KEY_LABEL)
+    stream = b""
+    for block in range((len(body) + 31) // 32):
+        stream += _hmac_sha256(enc_key, tag, block.to_bytes(4, "big"))
+    sealed = bytes(b ^ k for b, k in zip(body, stream, strict=False))
+    return head + tag + sealed, tag
+
+
 class TokenAuthority:
     """Mints tokens under the per-lock token keys derived from one site key."""
 
@@ -70,8 +93,11 @@ class TokenAuthority:
         epochs: Mapping[int, int] | None = None,
         max_window_s: int = DEFAULT_MAX_WINDOW_S,
         new_token_id: Callable[[], int] = _random_token_id,
+        test_key: bool = False,
     ) -> None:
-        self._site_key = check_site_key(site_key)
+        # test_key: accept a published test site key (vectors and tests only).
+        self._test_key = test_key
+        self._site_key = check_site_key(site_key, test_key=test_key)
         self.max_window_s = max_window_s
         self._new_token_id = new_token_id
         # lock_id -> current revocation epoch (0 until set); the keystore
@@ -135,13 +161,13 @@ class TokenAuthority:
             body = tokens.encode_body(draft)
         except ProtocolError as e:
             raise TokenAuthorityError(f"cannot mint this token: {e}") from e
-        token_key = derive_lock_key(self._site_key, "token", lock_id)
-        tag = _hmac_sha256(token_key, tokens.TAG_LABEL, body)[:TAG_BYTES]
+        token_key = derive_lock_key(self._site_key, "token", lock_id, test_key=self._test_key)
+        token, tag = _seal_body(token_key, body)
         session_key = _hmac_sha256(
             token_key, tokens.SESSION_LABEL, token_id.to_bytes(4, "big"), tag
         )
         return IssuedToken(
-            token=body + tag,
+            token=token,
             session_key=session_key,
             token_id=token_id,
             holder_id=holder_id,

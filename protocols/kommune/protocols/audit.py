@@ -3,7 +3,8 @@
 # before it. Entries travel to the edge (directly or carried by phones) in
 # AUDIT_BATCH messages; the edge checks the chain (audit_check.AuditChecker)
 # and answers with an AUDIT_ACK, MAC'd under the lock's edge key and bound to
-# the acked entry's hash, so the lock can prune.
+# the acked entry's hash, so the lock can prune. A batch is sealed under the
+# audit key (seal.py): a phone carrying it, or a listener, reads nothing.
 # Byte layouts: protocols/LOCK.md.
 import hashlib
 import struct
@@ -24,11 +25,11 @@ from kommune.protocols.lock_wire import (
     check_size,
     check_type,
     check_uint,
-    lock_key,
     status_code,
     status_reason,
     u32,
 )
+from kommune.protocols.seal import SealKey, unseal, xor_stream
 
 try:
     from micropython import const
@@ -40,6 +41,9 @@ HASH_BYTES = const(16)
 ACK_BYTES = const(37)
 _ACK_MAC_AT = const(21)
 MAX_BATCH = const(255)  # entries per AUDIT_BATCH (count is a u8)
+_BATCH_HEAD_BYTES = const(18)  # type, count, seal tag
+# Heap kept free when sizing a batch (the notify and the next request need some).
+BATCH_RESERVE_BYTES = const(2048)
 GENESIS = bytes(16)  # prev_hash of entry 1
 
 # seq, time_s, event, op, status, holder_id, token_id, arg
@@ -49,6 +53,7 @@ _MACED_BYTES = const(39)  # head + prev_hash
 _STATUS_AT = const(10)
 _LABEL_ENTRY = b"AUD1"
 _LABEL_ACK = b"ACK2"
+_LABEL_BATCH = b"BAT2"
 
 EVENT_ACCESS = const(1)  # a REQUEST: op, status, holder/token (0 if not authentic)
 EVENT_COMMAND = const(2)  # a COMMAND: op = cmd (0 if not authentic), status, arg = value
@@ -169,11 +174,12 @@ class AuditLog:
         capacity: int = 64,
         next_seq: int = 1,
         last_hash: bytes = GENESIS,
+        last_time_s: int = 0,
         max_failure_entries: int = -1,
     ) -> None:
         if capacity < 4:
             raise ProtocolError(BAD_VALUE, "audit capacity %d < 4" % capacity)
-        self._key = lock_key(audit_key)
+        self._key = SealKey(audit_key)
         self.lock_id = lock_id
         self.capacity = capacity
         if max_failure_entries < 0:
@@ -181,6 +187,9 @@ class AuditLog:
         self.max_failure_entries = min(max_failure_entries, capacity - 2)
         self.next_seq = next_seq
         self.last_hash = last_hash
+        # The newest time_s ever logged: the lock's clock floor (persist it
+        # with next_seq and last_hash; LOCK.md: Clock floor).
+        self.last_time_s = last_time_s
         self.entries: list[bytes] = []
         self.lost = 0  # entries replaced by a lost marker since boot
         self._failures_held = 0  # entries in self.entries with a status other than ok
@@ -213,10 +222,43 @@ class AuditLog:
             self._evict(1)
         return self._store(time_s, event, op, code, holder_id=holder_id, token_id=token_id, arg=arg)
 
-    def batch(self, max_entries: int) -> bytes:
-        # An AUDIT_BATCH with the oldest unacked entries (re-sent until acked).
+    @property
+    def mac_key(self) -> HmacKey:
+        # For the verifier's check that no two purpose keys are the same.
+        return self._key.mac
+
+    def batch(self, max_entries: int, mem_free: int = -1) -> "bytes | bytearray":
+        # A sealed AUDIT_BATCH with the oldest unacked entries (re-sent until
+        # acked): at most max_entries, and no more than the free heap holds
+        # (mem_free, bytes; -1: gc.mem_free() on MicroPython). A heap too
+        # fragmented for the buffer gives a smaller batch, down to none.
         self._flush(1)
-        return encode_batch(self.entries[:max_entries])
+        if mem_free < 0:
+            mem_free = _mem_free()
+        n = min(max_entries, len(self.entries), MAX_BATCH)
+        n = max(0, min(n, (mem_free - BATCH_RESERVE_BYTES) // ENTRY_BYTES))
+        while True:
+            try:
+                return self._seal_batch(n)
+            except MemoryError:
+                if n == 0:
+                    raise
+                n //= 2
+
+    def _seal_batch(self, n: int) -> bytearray:
+        # Built and encrypted in one buffer: 18 + 55 n bytes, no copies.
+        buf = bytearray(_BATCH_HEAD_BYTES + n * ENTRY_BYTES)
+        buf[0] = MSG_AUDIT_BATCH
+        buf[1] = n
+        pos = _BATCH_HEAD_BYTES
+        for i in range(n):
+            buf[pos : pos + ENTRY_BYTES] = self.entries[i]
+            pos += ENTRY_BYTES
+        mv = memoryview(buf)
+        tag = _batch_tag(self._key, self.lock_id, mv[:2], mv[_BATCH_HEAD_BYTES:])
+        buf[2:_BATCH_HEAD_BYTES] = tag
+        xor_stream(self._key.enc, tag, buf, _BATCH_HEAD_BYTES)
+        return buf
 
     def prune(self, seq: int, acked_hash: bytes) -> int:
         # Drop entries up to seq, if the edge holds this lock's entry seq (its
@@ -263,11 +305,12 @@ class AuditLog:
             prev_hash=self.last_hash,
         )
         maced = e.maced()
-        entry = maced + entry_mac(self._key, self.lock_id, maced)
+        entry = maced + entry_mac(self._key.mac, self.lock_id, maced)
         self.entries.append(entry)
         self._failures_held += code != 0
         self.next_seq += 1
         self.last_hash = entry_hash(entry)
+        self.last_time_s = max(self.last_time_s, time_s)
         return entry
 
     def _count_failure(self, time_s: int, event: int, code: int) -> None:
@@ -323,7 +366,7 @@ class AuditLog:
         for x in gone:
             self._failures_held -= x[_STATUS_AT] != 0
         self.lost += len(gone)
-        self.entries[: n + 1] = [maced + entry_mac(self._key, self.lock_id, maced)]
+        self.entries[: n + 1] = [maced + entry_mac(self._key.mac, self.lock_id, maced)]
 
 
 def seq_of(entry: bytes) -> int:
@@ -331,19 +374,49 @@ def seq_of(entry: bytes) -> int:
     return seq
 
 
-def encode_batch(entries: list[bytes]) -> bytes:
+def _mem_free() -> int:
+    # Free heap on MicroPython; CPython has no such limit worth sizing by.
+    import gc
+
+    mem_free = getattr(gc, "mem_free", None)
+    if mem_free is None:
+        return 1 << 30
+    free: int = mem_free()
+    return free
+
+
+def _batch_tag(
+    key: SealKey, lock_id: int, head: "bytes | memoryview", plain: "bytes | memoryview"
+) -> bytes:
+    return key.mac.digest(_LABEL_BATCH, u32(lock_id), head, plain)[:TAG_BYTES]
+
+
+def encode_batch(entries: list[bytes], key: SealKey, lock_id: int) -> bytes:
+    # A sealed AUDIT_BATCH of these entries (the edge's tests and vectors;
+    # the lock builds its batches in place, AuditLog.batch).
     if len(entries) > MAX_BATCH:
         raise ProtocolError(BAD_VALUE, "%d entries in one batch" % len(entries))
     for e in entries:
         check_bytes("entry", e, ENTRY_BYTES)
-    return bytes((MSG_AUDIT_BATCH, len(entries))) + b"".join(entries)
+    head = bytes((MSG_AUDIT_BATCH, len(entries)))
+    plain = b"".join(entries)
+    tag = _batch_tag(key, lock_id, head, plain)
+    buf = bytearray(head + tag + plain)
+    xor_stream(key.enc, tag, buf, _BATCH_HEAD_BYTES)
+    return bytes(buf)
 
 
-def decode_batch(data: bytes) -> list[AuditEntry]:
-    if len(data) < 2:
+def open_batch(data: bytes, key: SealKey, lock_id: int) -> list[bytes]:
+    # The raw entries of a sealed AUDIT_BATCH from this lock, or an error.
+    if len(data) < _BATCH_HEAD_BYTES:
         raise ProtocolError(TRUNCATED, "audit batch header")
-    check_type(data, MSG_AUDIT_BATCH, 2 + data[1] * ENTRY_BYTES)
-    return [decode_entry(data[i : i + ENTRY_BYTES]) for i in range(2, len(data), ENTRY_BYTES)]
+    check_type(data, MSG_AUDIT_BATCH, _BATCH_HEAD_BYTES + data[1] * ENTRY_BYTES)
+    plain = unseal(key, _LABEL_BATCH, u32(lock_id), data, 2)
+    return [bytes(plain[i : i + ENTRY_BYTES]) for i in range(0, len(plain), ENTRY_BYTES)]
+
+
+def decode_batch(data: bytes, key: SealKey, lock_id: int) -> list[AuditEntry]:
+    return [decode_entry(e) for e in open_batch(data, key, lock_id)]
 
 
 class Ack:

@@ -3,7 +3,7 @@
 # already holds, and builds the AUDIT_ACK once they are stored. Two steps, so
 # nothing is acked (and pruned on the lock) before it is durable:
 #
-#     accepted = checker.accept_batch(batch)         # verify; anchor unchanged
+#     accepted = checker.accept_batch(batch)         # open, verify; anchor unchanged
 #     store(accepted.entries, accepted.lost)          # durably
 #     checker.commit(accepted)                        # move the anchor
 #     write(checker.ack(edge_key))
@@ -14,11 +14,11 @@ from kommune.protocols.audit import (
     EVENT_LOST,
     GENESIS,
     AuditEntry,
-    decode_batch,
     decode_entry,
     encode_ack,
     entry_hash,
     entry_mac,
+    open_batch,
     seq_of,
 )
 from kommune.protocols.errors import (
@@ -32,6 +32,11 @@ from kommune.protocols.errors import (
 )
 from kommune.protocols.hmac_sha256 import equal
 from kommune.protocols.lock_wire import lock_key, u32
+from kommune.protocols.seal import SealKey
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # only the type checkers see this import
+    from collections.abc import Callable
 
 # Hashes of the latest accepted entries kept to compare re-sent ones with;
 # more than a lock holds unacked (its capacity, 64 by default).
@@ -65,6 +70,9 @@ class Accepted:
 class AuditChecker:
     # One per lock. Persist next_seq, last_hash and recent with the entries:
     # they are the chain's anchor and what re-sent entries are compared with.
+    # lookup(seq) -> entry_hash or None: the edge's durable store, asked for
+    # entries older than `recent`; without it such entries cannot be compared
+    # and a batch that needs them is refused (bad_chain), never waved through.
     def __init__(
         self,
         audit_key: bytes,
@@ -72,8 +80,12 @@ class AuditChecker:
         next_seq: int = 1,
         last_hash: bytes = GENESIS,
         recent: "dict[int, bytes] | None" = None,
+        *,
+        lookup: "Callable[[int], bytes | None] | None" = None,
     ) -> None:
-        self._key = lock_key(audit_key)
+        self._seal = SealKey(audit_key)
+        self._key = self._seal.mac
+        self.lookup = lookup
         self.lock_id = lock_id
         self.next_seq = next_seq
         self.last_hash = last_hash
@@ -82,9 +94,15 @@ class AuditChecker:
         self.restarts = 0  # committed chain restarts
 
     def accept_batch(self, data: bytes, resync: bool = False) -> Accepted:
-        decode_batch(data)  # whole message well-formed first
-        raw = [data[i : i + ENTRY_BYTES] for i in range(2, len(data), ENTRY_BYTES)]
-        return self.accept(raw, resync)
+        # A sealed AUDIT_BATCH: opened (bad_tag if not this lock's), then checked.
+        return self.accept(open_batch(data, self._seal, self.lock_id), resync)
+
+    def known(self, seq: int, recent: "dict[int, bytes]") -> "bytes | None":
+        # The hash of the edge's entry seq, from memory or the durable store.
+        h = recent.get(seq)
+        if h is None and self.lookup is not None and recent is self.recent:
+            h = self.lookup(seq)
+        return h
 
     def accept(self, entries: list[bytes], resync: bool = False) -> Accepted:
         # Checks a batch against the committed anchor; on any error nothing is
@@ -121,6 +139,41 @@ class AuditChecker:
         if self.next_seq <= 1:
             raise ProtocolError(BAD_VALUE, "nothing accepted to ack")
         return encode_ack(lock_key(edge_key), self.lock_id, self.next_seq - 1, self.last_hash)
+
+    def _was_lost(self, seq: int) -> bool:
+        return any(first <= seq <= last for first, last in self.lost)
+
+    def _check_marker(
+        self,
+        e: AuditEntry,
+        due: int,
+        link: bytes,
+        recent: "dict[int, bytes]",
+        from_genesis: bool,
+    ) -> None:
+        # A lost marker says which entries it replaced: the first of them must
+        # be the edge's entry (if already accepted), or continue the edge's
+        # chain (if next due). An accepted entry the edge cannot look up any
+        # more cannot be compared: refused, as a wiped lock would look the same
+        # (unless the lock reported it lost before: then the marker extends that one).
+        first = e.arg
+        if first > due:
+            return  # a gap, already handled
+        if first == due:
+            ok = link[:4] == u32(e.holder_id)
+        else:
+            known = self.known(first, recent)
+            if known is None and recent is self.recent and self._was_lost(first):
+                return  # it extends a marker the edge already holds: nothing to compare
+            if known is None:
+                raise ProtocolError(
+                    BAD_CHAIN,
+                    "lost marker seq %d replaced entry %d, which the edge cannot look up"
+                    % (e.seq, first),
+                )
+            ok = known[:4] == u32(e.token_id)
+        if not ok:
+            _chain(from_genesis, "lost marker seq %d replaced other entries than ours" % e.seq)
 
     def _check(
         self,
@@ -173,9 +226,9 @@ class AuditChecker:
                     elif e.seq == due and e.prev_hash != link:
                         _chain(from_genesis, "seq %d does not link to the anchor" % e.seq)
                 if marker:
-                    _check_marker(e, due, link, recent, from_genesis)
+                    self._check_marker(e, due, link, recent, from_genesis)
             if e.seq < due:
-                known = recent.get(e.seq)
+                known = self.known(e.seq, recent)
                 if known is not None and known != h and not (marker and known == e.prev_hash):
                     _chain(from_genesis, "seq %d differs from the entry accepted" % e.seq)
                 unverified = known is None
@@ -200,23 +253,6 @@ class AuditChecker:
             last_hash=link,
             restarted=False,
         )
-
-
-def _check_marker(
-    e: AuditEntry, due: int, link: bytes, recent: "dict[int, bytes]", from_genesis: bool
-) -> None:
-    # A lost marker says which entries it replaced: the first of them must be
-    # the edge's entry (if held), or continue the edge's chain (if next due).
-    first = e.arg
-    if first > due:
-        return  # a gap, already handled
-    if first == due:
-        ok = link[:4] == u32(e.holder_id)
-    else:
-        known = recent.get(first)
-        ok = known is None or known[:4] == u32(e.token_id)
-    if not ok:
-        _chain(from_genesis, "lost marker seq %d replaced other entries than ours" % e.seq)
 
 
 def _chain(from_genesis: bool, detail: str) -> None:

@@ -42,3 +42,4 @@ GAP = "gap"  # a sequence number is missing (audit chain)
 OUT_OF_ORDER = "out_of_order"  # entries arrived in the wrong order (audit chain)
 BAD_CHAIN = "bad_chain"  # an entry does not link to the previous entry's hash
 RESTARTED = "restarted"  # an audit chain began again at seq 1 (lock flash reset)
+CLOCK_STALE = "clock_stale"  # the lock clock is behind its floor: wait for an edge time set

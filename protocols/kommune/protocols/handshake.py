@@ -4,10 +4,10 @@
 # protocols/LOCK.md.
 #
 #   lock  -> peer  CHALLENGE  fresh nonce, lock clock, lock id, epoch
-#   peer  -> lock  REQUEST    op, both nonces, token, proof (session key)
+#   peer  -> lock  REQUEST    op, both nonces, sealed token, proof (session key)
 #               or COMMAND    time/epoch, both nonces, MAC (edge key)
 #   lock  -> peer  RESULT     status, MAC'd with the same key
-#               or NOTICE     status, unauthenticated (the lock had no key)
+#               or NOTICE     status, unauthenticated (the peer proved no key)
 import struct
 
 from kommune.protocols import token as tokens

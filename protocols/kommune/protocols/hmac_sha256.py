@@ -28,7 +28,7 @@ class HmacKey:
         self._inner = (k ^ _IPAD).to_bytes(_BLOCK_BYTES, "big")
         self._outer = (k ^ _OPAD).to_bytes(_BLOCK_BYTES, "big")
 
-    def digest(self, *parts: bytes) -> bytes:
+    def digest(self, *parts: "bytes | bytearray | memoryview") -> bytes:
         # HMAC over the concatenation of parts, without building it.
         inner = hashlib.sha256(self._inner)
         for part in parts:
@@ -36,6 +36,10 @@ class HmacKey:
         outer = hashlib.sha256(self._outer)
         outer.update(inner.digest())
         return outer.digest()
+
+    def same(self, other: "HmacKey") -> bool:
+        # The same key (for refusing one key in two roles); not constant-time.
+        return self._inner == other._inner
 
     def __repr__(self) -> str:
         return "HmacKey(<secret>)"

@@ -3,7 +3,7 @@
 # revocation-epoch update). Kept apart from handshake.py so the lock, which
 # never runs it, does not load it. Byte layouts: protocols/LOCK.md.
 #
-#     holder = HolderSession(issued.token, issued.session_key)
+#     holder = HolderSession(issued.token, issued.session_key, issued.lock_id)
 #     request = holder.request(challenge_bytes, RIGHT_UNLOCK, os.urandom(16))
 #     reply = holder.result(reply_bytes)  # reply.ok: the lock really opened
 from kommune.protocols import token as tokens
@@ -22,6 +22,21 @@ from kommune.protocols.handshake import (
 )
 from kommune.protocols.hmac_sha256 import equal
 from kommune.protocols.lock_wire import MSG_COMMAND, MSG_NOTICE, MSG_REQUEST, OK, lock_key
+
+# Names of the lock's Verdict.action values (lock_verifier.ACT_*), for people,
+# logs and vectors; kept here so the lock does not carry the strings.
+ACTION_NAMES = (
+    "",
+    "open",
+    "lock",
+    "send_audit",
+    "admin",
+    "set_time",
+    "set_epoch",
+    "audit_ack",
+    "refuse",
+    "drop",
+)
 
 # How far a challenge's lock clock may be from the peer's own (s). A phone
 # checks only if it trusts its clock; the edge always does: a challenge that
@@ -88,10 +103,14 @@ class _Peer:
 
 
 class HolderSession(_Peer):
-    # A staff phone: its token and session key, as the token authority gave them.
-    def __init__(self, token: bytes, session_key: bytes) -> None:
+    # A staff phone: its sealed token and session key, as the token authority
+    # gave them, and the lock id (from the issued record: the phone cannot
+    # open the token). It answers only a challenge from that lock id; what
+    # it sends is the opaque token and a proof bound to that challenge.
+    def __init__(self, token: bytes, session_key: bytes, lock_id: int) -> None:
         super().__init__(session_key, MSG_REQUEST)
-        self.token = tokens.decode(token)
+        tokens.check_sealed(token)
+        self.lock_id = lock_id
         self._token_bytes = bytes(token)
 
     def request(
@@ -104,7 +123,7 @@ class HolderSession(_Peer):
     ) -> bytes:
         # holder_nonce: 16 fresh random bytes (os.urandom / secrets); now_s:
         # the phone's site time, if it trusts its clock.
-        ch = self._challenge(challenge, self.token.lock_id, now_s, max_skew_s)
+        ch = self._challenge(challenge, self.lock_id, now_s, max_skew_s)
         body = Request(op, ch.nonce, holder_nonce, self._token_bytes, b"").body()
         self._expect = (ch.lock_id, op, ch.nonce, bytes(holder_nonce))
         return body + proof(self._key, ch.lock_id, body)

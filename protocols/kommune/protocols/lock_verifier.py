@@ -1,17 +1,29 @@
 # The lock's side of the BLE protocol: issues challenges, judges each
 # incoming message (a holder's REQUEST, an edge COMMAND, an AUDIT_ACK),
-# answers it, and logs the decision to the audit trail. Time is injected
-# (now_ms: ticks_ms(); clock_s: the lock's site-time clock) so tests and
-# golden vectors are deterministic. Security argument: protocols/LOCK.md.
+# answers it, logs the decision to the audit trail, and tells the firmware
+# what to do in Verdict.action. Time is injected (now_ms: ticks_ms();
+# clock_s: the lock's site-time clock) so tests and golden vectors are
+# deterministic. Security argument: protocols/LOCK.md.
 #
-# The firmware's whole use of it:
-#     msg = verifier.challenge(os.urandom(16), time.ticks_ms(), clock_s)   # notify
-#     v = verifier.respond(written_bytes, time.ticks_ms(), clock_s)
-#     verifier.tick(time.ticks_ms())  # from the main loop, at least every few s
-#     if v.epoch_changed: persist verifier.epoch       # before notifying
-#     if v.ok and v.kind == MSG_REQUEST: actuate v.op
-#     if v.ok and v.op == CMD_TIME_SET: set the clock to v.value
-#     notify v.reply
+# Failures are charged to the connection they come from, never to the lock:
+# a connection that sends junk, a forgery or a bad proof is dropped
+# (ACT_DROP), one with max_refusals authentic refusals too, and nothing one
+# connection sends can block another's unlock, the edge's commands or acks.
+#
+# The firmware's whole use of it (one Connection per BLE connection):
+#     conn = verifier.connect(time.ticks_ms())                    # on connect
+#     notify(verifier.challenge(conn, os.urandom(16), time.ticks_ms(), clock_s))
+#     v = verifier.respond(conn, written_bytes, time.ticks_ms(), clock_s)
+#     if v.state_changed: persist verifier.epoch, verifier.needs_time
+#     persist the audit log (entries, next_seq, last_hash, last_time_s)
+#     if v.action == ACT_OPEN: open the bolt     (ACT_LOCK: close it)
+#     if v.action == ACT_SET_TIME: set the RTC to v.value
+#     notify(v.reply)                               # after persisting
+#     if v.action == ACT_DROP: disconnect the peer (the verifier forgot it)
+#     else: notify(verifier.challenge(conn, os.urandom(16), ...))  # next one
+#     verifier.disconnect(conn)                                 # on disconnect
+#     verifier.tick(time.ticks_ms())  # main loop, at least once a minute;
+#     then disconnect every peer whose conn.closed is set (idle too long)
 from kommune.protocols import token as tokens
 from kommune.protocols.audit import (
     EVENT_ACCESS,
@@ -24,6 +36,7 @@ from kommune.protocols.errors import (
     BAD_PROOF,
     BAD_TAG,
     BAD_VALUE,
+    CLOCK_STALE,
     RATE_LIMITED,
     REPLAY,
     TOO_LATE,
@@ -49,9 +62,16 @@ from kommune.protocols.lock_wire import (
     MSG_AUDIT_ACK,
     MSG_COMMAND,
     MSG_REQUEST,
+    NONCE_BYTES,
     OK,
+    RIGHT_LOCK,
+    RIGHT_READ_AUDIT,
+    RIGHT_UNLOCK,
+    check_bytes,
+    check_distinct,
     lock_key,
 )
+from kommune.protocols.seal import SealKey
 
 try:
     from micropython import const
@@ -59,14 +79,32 @@ except ImportError:  # CPython: const() is the identity
     const = int  # type: ignore[assignment]
 
 # A proof must arrive this soon after its challenge (relay bound; LOCK.md).
-DEFAULT_RELAY_BOUND_MS = const(500)
-DEFAULT_MAX_FAILURES = const(5)
-DEFAULT_FAILURE_WINDOW_MS = const(60_000)
-DEFAULT_BACKOFF_MS = const(30_000)
+_DEFAULT_RELAY_BOUND_MS = const(500)
+# Authentic refusals (expired, no right, ...) one connection may collect
+# before it is dropped; unauthenticated failures drop it at once.
+_DEFAULT_MAX_REFUSALS = const(3)
 # A genuine token may raise the lock's epoch by at most this much: one token
 # cannot revoke all others far into the future (or for good, at 2**32 - 1).
 MAX_EPOCH_STEP = const(16)
-DEFAULT_MAX_CHALLENGES = const(4)  # outstanding at once (one per connected peer)
+_DEFAULT_MAX_CONNECTIONS = const(4)  # tracked at once; the least recently active goes
+# A connection silent this long is closed by tick(): nobody squats on a slot.
+_DEFAULT_IDLE_MS = const(10_000)
+# Nonces of the latest challenges no longer outstanding: a repeat of one (or
+# of an outstanding one) is refused, so a weak RNG cannot revive a recording.
+# Kept as 30-bit fingerprints (small ints: no heap objects, no fragmentation);
+# a false match only makes the firmware draw another nonce.
+_RECENT_NONCES = const(16)
+
+# What the firmware does after a verdict (Verdict.action).
+ACT_OPEN = const(1)  # an ok unlock request: open the bolt
+ACT_LOCK = const(2)  # an ok lock request: close it
+ACT_SEND_AUDIT = const(3)  # an ok read-audit request: notify audit.batch(n)
+ACT_ADMIN = const(4)  # an ok admin request (firmware-defined)
+ACT_SET_TIME = const(5)  # an ok time set: set the RTC to v.value
+ACT_SET_EPOCH = const(6)  # an ok epoch set (verifier.epoch is set; persist it)
+ACT_AUDIT_ACK = const(7)  # an ok ack: the log was pruned; persist it
+ACT_REFUSE = const(8)  # an authentic refusal: notify the reply, keep the connection
+ACT_DROP = const(9)  # notify the reply, then disconnect the peer
 
 # ticks_ms() wraps; every port's period is a multiple of 2**30, so differences
 # modulo 2**30 are right for intervals under 2**29 ms (6.2 days).
@@ -79,62 +117,49 @@ def ticks_diff(end: int, start: int) -> int:
     return ((end - start + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
 
 
-class RateLimiter:
-    # After max_failures failures within window_ms, everything is refused for
-    # backoff_ms. One limiter per lock, not per holder: an attacker picks any
-    # identity. RAM: at most max_failures ints.
-    def __init__(
-        self,
-        max_failures: int = DEFAULT_MAX_FAILURES,
-        window_ms: int = DEFAULT_FAILURE_WINDOW_MS,
-        backoff_ms: int = DEFAULT_BACKOFF_MS,
-    ) -> None:
-        if max_failures < 1:
-            raise ProtocolError(BAD_VALUE, "max_failures must be >= 1")
-        self.max_failures = max_failures
-        self.window_ms = window_ms
-        self.backoff_ms = backoff_ms
-        self._failures: list[int] = []  # ticks of the latest failures, oldest first
-        self._blocked_at: "int | None" = None
+def _fingerprint(nonce: "bytes | bytearray") -> int:
+    # All 16 bytes folded into 30 bits, a small int (no allocation).
+    # (A 30-bit rotate-xor: every intermediate stays a small int on 32-bit ports.)
+    h = 0
+    for b in nonce:
+        h = (((h & 0x1FFFFFF) << 5) | (h >> 25)) ^ b
+    return h
 
-    def blocked(self, now_ms: int) -> bool:
-        if self._blocked_at is None:
-            return False
-        # Negative (ticks went back): still blocked. tick() ends a served
-        # back-off long before its ticks could wrap into the negative.
-        if ticks_diff(now_ms, self._blocked_at) < self.backoff_ms:
-            return True
-        self._blocked_at = None  # served
-        return False
 
-    def tick(self, now_ms: int) -> None:
-        # Forget what no longer counts, so no stored ticks can age past a wrap.
-        self.blocked(now_ms)
-        while self._failures and not 0 <= ticks_diff(now_ms, self._failures[0]) <= self.window_ms:
-            self._failures.pop(0)
+def _op_action(op: int) -> int:
+    if op == RIGHT_UNLOCK:
+        return ACT_OPEN
+    if op == RIGHT_LOCK:
+        return ACT_LOCK
+    if op == RIGHT_READ_AUDIT:
+        return ACT_SEND_AUDIT
+    return ACT_ADMIN
 
-    def failure(self, now_ms: int) -> bool:
-        # Count one failure; True if it starts a back-off.
-        self._failures.append(now_ms)
-        if len(self._failures) > self.max_failures:
-            self._failures.pop(0)
-        if len(self._failures) < self.max_failures:
-            return False
-        if not 0 <= ticks_diff(now_ms, self._failures[0]) <= self.window_ms:
-            return False
-        del self._failures[:]
-        self._blocked_at = now_ms
-        return True
+
+class Connection:
+    # One BLE connection's state: its outstanding challenge and its record.
+    def __init__(self, now_ms: int) -> None:
+        # The outstanding challenge's nonce, in place (no allocation per challenge).
+        self.nonce = bytearray(NONCE_BYTES)
+        self.pending = False  # a challenge is outstanding
+        self.issued_ms = 0  # its ticks
+        self.issued_s = 0  # the lock clock then
+        self.refusals = 0  # authentic refusals so far
+        self.proven = False  # a message on it proved a key (holder's or edge's)
+        self.closed = False  # dropped: the firmware must disconnect it
+        self.seen_ms = now_ms  # last activity
 
 
 class Verdict:
-    # The lock's decision on one message, and the bytes to send back.
+    # The lock's decision on one message, what the firmware does about it
+    # (action, one of ACT_*), and the bytes to send back.
     def __init__(
         self,
         kind: int,
         op: int,
         status: str,
         reply: bytes,
+        action: int,
         *,
         token: "tokens.Token | None" = None,
         value: int = 0,
@@ -143,21 +168,29 @@ class Verdict:
         self.op = op  # request op (RIGHT_* bit) or command (CMD_*); 0 if unknown
         self.status = status  # OK or a reason from errors.py
         self.reply = reply  # RESULT or NOTICE, to notify the peer
+        self.action = action  # ACT_*: the only thing the firmware acts on
         self.token = token  # the authentic token of a REQUEST, else None
         self.value = value  # COMMAND value or acked seq
-        self.epoch_changed = False  # persist verifier.epoch before replying
-        self.counts = True  # a failure the rate limiter counts (not an authentic stale ack)
+        self.epoch_changed = False  # verifier.epoch changed
+        # epoch or needs_time changed: persist both before replying
+        self.state_changed = False
+        self.counts = True  # a refusal charged to the connection (not a stale ack)
 
     @property
     def ok(self) -> bool:
         return self.status == OK
 
     def __repr__(self) -> str:
-        return "Verdict(kind=%d op=%d %s)" % (self.kind, self.op, self.status)
+        return "Verdict(kind=%d op=%d %s action=%d)" % (
+            self.kind,
+            self.op,
+            self.status,
+            self.action,
+        )
 
 
-def _notice(kind: int, op: int, status: str) -> Verdict:
-    return Verdict(kind, op, status, Notice(kind, status).encode())
+def _notice(kind: int, op: int, status: str, action: int = ACT_DROP) -> Verdict:
+    return Verdict(kind, op, status, Notice(kind, status).encode(), action)
 
 
 class LockVerifier:
@@ -169,104 +202,185 @@ class LockVerifier:
         epoch: int,
         audit: AuditLog,
         *,
-        relay_bound_ms: int = DEFAULT_RELAY_BOUND_MS,
+        relay_bound_ms: int = _DEFAULT_RELAY_BOUND_MS,
         skew_s: int = tokens.DEFAULT_SKEW_S,
-        max_challenges: int = DEFAULT_MAX_CHALLENGES,
-        limiter: "RateLimiter | None" = None,
+        max_connections: int = _DEFAULT_MAX_CONNECTIONS,
+        max_refusals: int = _DEFAULT_MAX_REFUSALS,
+        idle_ms: int = _DEFAULT_IDLE_MS,
+        needs_time: bool = False,
     ) -> None:
         self.lock_id = lock_id
-        self._token_key = lock_key(token_key)
+        self._token_key = SealKey(token_key)
         self._edge_key = lock_key(edge_key)
+        check_distinct(self._token_key.mac, self._edge_key, audit.mac_key)
         self.epoch = epoch  # revocation epoch; persisted by the firmware
         self.audit = audit
         self.relay_bound_ms = relay_bound_ms
         self.skew_s = skew_s
-        self.max_challenges = max_challenges
-        self.limiter = limiter if limiter is not None else RateLimiter()
+        if max_connections < 1 or max_refusals < 1:
+            raise ProtocolError(BAD_VALUE, "max_connections and max_refusals must be >= 1")
+        self.max_connections = max_connections
+        self.max_refusals = max_refusals
+        self.idle_ms = idle_ms
+        # The lock clock went below its floor (the newest time it ever logged,
+        # audit.last_time_s): no REQUEST is served until an edge time set.
+        # Persisted by the firmware.
+        self.needs_time = needs_time
         # Lock clock may move this far (s) between a challenge and its answer.
         self.clock_slack_s = (relay_bound_ms + 999) // 1000 + 1
-        # (nonce, issued ticks, lock clock s), oldest first; none older than the bound
-        self._pending: list[tuple[bytes, int, int]] = []
+        self._conns: list[Connection] = []
+        # Fingerprints of nonces no longer outstanding: a ring, oldest overwritten.
+        self._recent = [-1] * _RECENT_NONCES
+        self._recent_at = 0
+
+    @property
+    def clock_floor_s(self) -> int:
+        return self.audit.last_time_s
+
+    def connect(self, now_ms: int) -> Connection:
+        # A new BLE connection. Past max_connections one is closed (its peer
+        # must connect again): the least recently active of those that have
+        # proven no key, else of all - a flood of new connections cannot push
+        # out an edge or holder session that has proven itself.
+        if len(self._conns) >= self.max_connections:
+            victim = self._conns[0]
+            for c in self._conns:
+                if c.proven != victim.proven:
+                    if victim.proven:
+                        victim = c
+                elif ticks_diff(c.seen_ms, victim.seen_ms) < 0:
+                    victim = c
+            self._close(victim)
+        conn = Connection(now_ms)
+        self._conns.append(conn)
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        # The peer went away (or was dropped): forget it.
+        self._close(conn)
 
     def tick(self, now_ms: int) -> None:
         # Call from the main loop (at least once a minute; ticks wrap after
-        # 2**30 ms): drops expired challenges and stale limiter state, so no
-        # stored ticks can wrap round into looking fresh again.
+        # 2**30 ms): drops expired challenges, so no stored ticks can wrap
+        # round into looking fresh again, and closes connections silent for
+        # idle_ms (the firmware disconnects every conn with conn.closed).
         self._expire(now_ms)
-        self.limiter.tick(now_ms)
+        i = 0
+        while i < len(self._conns):
+            c = self._conns[i]
+            if 0 <= ticks_diff(now_ms, c.seen_ms) <= self.idle_ms:
+                i += 1
+            else:
+                self._close(c)
+
+    def _close(self, conn: Connection) -> None:
+        conn.closed = True
+        self._retire(conn)
+        for i in range(len(self._conns)):
+            if self._conns[i] is conn:
+                self._conns.pop(i)
+                break
+
+    def _retire(self, conn: Connection) -> None:
+        # The connection's challenge is no longer outstanding.
+        if conn.pending:
+            self._recent[self._recent_at] = _fingerprint(conn.nonce)
+            self._recent_at = (self._recent_at + 1) % _RECENT_NONCES
+            conn.pending = False
 
     def _expire(self, now_ms: int) -> None:
         bound = self.relay_bound_ms
-        self._pending = [p for p in self._pending if 0 <= ticks_diff(now_ms, p[1]) <= bound]
+        for c in self._conns:
+            if c.pending and not 0 <= ticks_diff(now_ms, c.issued_ms) <= bound:
+                self._retire(c)
 
-    def challenge(self, nonce: bytes, now_ms: int, clock_s: int) -> bytes:
-        # CHALLENGE for one peer. nonce: 16 fresh random bytes (os.urandom).
+    def _seen(self, nonce: bytes) -> bool:
+        for c in self._conns:
+            if c.pending and c.nonce == nonce:
+                return True
+        return _fingerprint(nonce) in self._recent
+
+    def challenge(self, conn: Connection, nonce: bytes, now_ms: int, clock_s: int) -> bytes:
+        # CHALLENGE for this connection, replacing its outstanding one. nonce:
+        # 16 fresh random bytes (os.urandom); one that repeats an outstanding
+        # or recent nonce is refused (replay): draw another.
+        if conn.closed:
+            raise ProtocolError(RATE_LIMITED, "connection was dropped")
+        nonce = check_bytes("nonce", nonce, NONCE_BYTES)
         msg = Challenge(self.lock_id, clock_s, self.epoch, nonce).encode()
         self._expire(now_ms)
-        if len(self._pending) >= self.max_challenges:
-            self._pending.pop(0)  # the oldest peer must ask again
-        self._pending.append((bytes(nonce), now_ms, clock_s))
+        self._retire(conn)
+        if self._seen(nonce):
+            raise ProtocolError(REPLAY, "nonce repeats a recent challenge")
+        conn.nonce[:] = nonce
+        conn.pending = True
+        conn.issued_ms, conn.issued_s = now_ms, clock_s
+        conn.seen_ms = now_ms
         return msg
 
-    def respond(self, data: bytes, now_ms: int, clock_s: int) -> Verdict:
+    def respond(self, conn: Connection, data: bytes, now_ms: int, clock_s: int) -> Verdict:
         kind = data[0] if data else 0
-        if self.limiter.blocked(now_ms):
-            # No work, no log entry; and no challenge survives a refusal, so a
-            # refused message cannot be replayed once the back-off ends.
-            del self._pending[:]
+        if conn.closed:
+            # Dropped: no work, no log entry; the firmware disconnects it.
             return _notice(kind, 0, RATE_LIMITED)
+        conn.seen_ms = now_ms
+        epoch, needs_time = self.epoch, self.needs_time
+        if clock_s < self.audit.last_time_s:
+            self.needs_time = True  # the clock went back (RTC lost, or tampered)
         try:
-            return self._respond(kind, data, now_ms, clock_s)
+            if kind == MSG_REQUEST:
+                v = self._request(conn, data, now_ms, clock_s)
+            elif kind == MSG_COMMAND:
+                v = self._command(conn, data, now_ms, clock_s)
+            elif kind == MSG_AUDIT_ACK:
+                v = self._ack(conn, data)
+            else:
+                v = _notice(kind, 0, UNKNOWN_TYPE if data else TRUNCATED)
         finally:
             self._expire(now_ms)  # after the named challenge was judged
-
-    def _respond(self, kind: int, data: bytes, now_ms: int, clock_s: int) -> Verdict:
-        epoch = self.epoch
-        if kind == MSG_REQUEST:
-            v = self._request(data, now_ms, clock_s)
-        elif kind == MSG_COMMAND:
-            v = self._command(data, now_ms, clock_s)
-        elif kind == MSG_AUDIT_ACK:
-            v = self._ack(data)
-        else:
-            v = _notice(kind, 0, UNKNOWN_TYPE if data else TRUNCATED)
         v.epoch_changed = self.epoch != epoch
-        if not v.ok and v.counts and self.limiter.failure(now_ms):
-            del self._pending[:]  # a back-off uses up every outstanding challenge
-            event = EVENT_COMMAND if kind == MSG_COMMAND else EVENT_ACCESS
-            self.audit.append(clock_s, event, 0, RATE_LIMITED, arg=kind)
+        v.state_changed = v.epoch_changed or self.needs_time != needs_time
+        if v.action == ACT_REFUSE and v.counts:
+            conn.refusals += 1
+            if conn.refusals >= self.max_refusals:
+                v.action = ACT_DROP
+        if v.action == ACT_DROP:
+            self._close(conn)
         return v
 
-    def _take(self, nonce: bytes, now_ms: int, clock_s: int) -> bool:
-        # A challenge answers once: the first message naming it consumes it.
-        # True if the answer came late, by the ticks or by the lock clock.
-        for i in range(len(self._pending)):
-            if self._pending[i][0] == nonce:
-                _, issued_ms, issued_s = self._pending.pop(i)
-                elapsed = ticks_diff(now_ms, issued_ms)
-                moved_s = clock_s - issued_s
-                return (
-                    elapsed < 0
-                    or elapsed > self.relay_bound_ms
-                    or moved_s < 0
-                    or moved_s > self.clock_slack_s
-                )
-        raise ProtocolError(REPLAY, "challenge not outstanding (used, dropped or expired)")
+    def _take(self, conn: Connection, nonce: bytes, now_ms: int, clock_s: int) -> bool:
+        # The connection's challenge answers once: the first message naming it
+        # consumes it. True if the answer came late, by the ticks or the clock.
+        if not conn.pending or conn.nonce != nonce:
+            raise ProtocolError(REPLAY, "not this connection's outstanding challenge")
+        elapsed = ticks_diff(now_ms, conn.issued_ms)
+        moved_s = clock_s - conn.issued_s
+        self._retire(conn)
+        return (
+            elapsed < 0
+            or elapsed > self.relay_bound_ms
+            or moved_s < 0
+            or moved_s > self.clock_slack_s
+        )
 
-    def _request(self, data: bytes, now_ms: int, clock_s: int) -> Verdict:
+    def _request(self, conn: Connection, data: bytes, now_ms: int, clock_s: int) -> Verdict:
         op = 0
         try:
             req = decode_request(data)
             op = req.op
-            late = self._take(req.lock_nonce, now_ms, clock_s)
+            late = self._take(conn, req.lock_nonce, now_ms, clock_s)
             tok = tokens.authenticate(req.token, self._token_key, self.lock_id)
+            session = HmacKey(tokens.session_key(self._token_key, tok))
+            if not equal(data[PROOF_AT:], proof(session, self.lock_id, data[:PROOF_AT])):
+                raise ProtocolError(BAD_PROOF, "holder proof")
         except ProtocolError as e:
-            # No authentic token, so no session key: an unauthenticated NOTICE,
-            # and no holder in the log (the ids in a forged token mean nothing).
+            # Not proven to come from the token's holder: an unauthenticated
+            # NOTICE, no holder in the log (a sniffed or forged token names
+            # someone who was not here), and the connection is dropped.
             self.audit.append(clock_s, EVENT_ACCESS, op, e.reason)
             return _notice(MSG_REQUEST, op, e.reason)
-        session = HmacKey(tokens.session_key(self._token_key, tok))
-        status = self._judge(data, tok, session, late, clock_s)
+        conn.proven = True
+        status = self._judge(tok, late, op, clock_s)
         reply = encode_result(
             session,
             self.lock_id,
@@ -279,20 +393,13 @@ class LockVerifier:
         self.audit.append(
             clock_s, EVENT_ACCESS, op, status, holder_id=tok.holder_id, token_id=tok.token_id
         )
-        return Verdict(MSG_REQUEST, op, status, reply, token=tok)
+        action = _op_action(op) if status == OK else ACT_REFUSE
+        return Verdict(MSG_REQUEST, op, status, reply, action, token=tok)
 
-    def _judge(
-        self,
-        data: bytes,
-        tok: tokens.Token,
-        session: HmacKey,
-        late: bool,
-        clock_s: int,
-    ) -> str:
+    def _judge(self, tok: tokens.Token, late: bool, op: int, clock_s: int) -> str:
+        # The holder proved it holds the token; may it do op now?
         if late:
             return TOO_LATE
-        if not equal(data[PROOF_AT:], proof(session, self.lock_id, data[:PROOF_AT])):
-            return BAD_PROOF
         if tok.epoch > self.epoch:
             # Only the authority mints, and it mints at the current epoch: a
             # newer epoch here means revocations this lock has not heard of.
@@ -310,27 +417,33 @@ class LockVerifier:
                 token_id=tok.token_id,
                 arg=tok.epoch,
             )
+        if self.needs_time:
+            return CLOCK_STALE
         try:
-            tokens.authorize(tok, clock_s, self.epoch, data[1], self.skew_s)
+            tokens.authorize(tok, clock_s, self.epoch, op, self.skew_s)
         except ProtocolError as e:
             return e.reason
         return OK
 
-    def _command(self, data: bytes, now_ms: int, clock_s: int) -> Verdict:
+    def _command(self, conn: Connection, data: bytes, now_ms: int, clock_s: int) -> Verdict:
         try:
             cmd = decode_command(data)
-            late = self._take(cmd.lock_nonce, now_ms, clock_s)
+            late = self._take(conn, cmd.lock_nonce, now_ms, clock_s)
             body = data[:COMMAND_MAC_AT]
             if not equal(cmd.mac, command_mac(self._edge_key, self.lock_id, body)):
                 raise ProtocolError(BAD_TAG, "command MAC")
         except ProtocolError as e:
             self.audit.append(clock_s, EVENT_COMMAND, 0, e.reason)
             return _notice(MSG_COMMAND, 0, e.reason)
+        conn.proven = True
         status = OK
+        action = ACT_SET_EPOCH
         if late:
             status = TOO_LATE  # a delayed time set would set the clock wrong
         elif cmd.cmd == CMD_TIME_SET:
-            del self._pending[:]  # their clock_s is from the old time
+            action = ACT_SET_TIME
+            for c in self._conns:
+                self._retire(c)  # their clock_s is from the old time
         elif cmd.cmd == CMD_EPOCH_SET:
             if cmd.value < self.epoch:
                 status = BAD_VALUE  # an epoch never goes back: that would un-revoke
@@ -346,22 +459,30 @@ class LockVerifier:
             status=status,
         )
         self.audit.append(clock_s, EVENT_COMMAND, cmd.cmd, status, arg=cmd.value)
-        return Verdict(MSG_COMMAND, cmd.cmd, status, reply, value=cmd.value)
+        if status != OK:
+            action = ACT_REFUSE
+        elif action == ACT_SET_TIME:
+            # The edge's time is the truth: it is the new floor (even below
+            # times logged under a clock that ran ahead), and the lock serves again.
+            self.audit.last_time_s = cmd.value
+            self.needs_time = False
+        return Verdict(MSG_COMMAND, cmd.cmd, status, reply, action, value=cmd.value)
 
-    def _ack(self, data: bytes) -> Verdict:
+    def _ack(self, conn: Connection, data: bytes) -> Verdict:
         # Not logged: the edge holds every acked entry, and logging an ack
         # would leave a new unacked entry after every collection.
         try:
             ack = open_ack(data, self._edge_key, self.lock_id)
         except ProtocolError as e:
             return _notice(MSG_AUDIT_ACK, 0, e.reason)
+        conn.proven = True
         try:
             self.audit.prune(ack.seq, ack.entry_hash)
-            v = _notice(MSG_AUDIT_ACK, 0, OK)
+            v = _notice(MSG_AUDIT_ACK, 0, OK, ACT_AUDIT_ACK)
         except ProtocolError as e:
             # Genuine but stale (the chain restarted, or an ack from before a
-            # reset): refused, but not a guess, so the limiter does not count it.
-            v = _notice(MSG_AUDIT_ACK, 0, e.reason)
+            # reset): refused, but not a guess, so it is not charged.
+            v = _notice(MSG_AUDIT_ACK, 0, e.reason, ACT_REFUSE)
             v.counts = False
         v.value = ack.seq
         return v

@@ -8,6 +8,7 @@ from kommune.protocols.errors import (
     BAD_TAG,
     BAD_VALUE,
     BAD_VERSION,
+    CLOCK_STALE,
     EXPIRED,
     NO_RIGHT,
     NOT_YET_VALID,
@@ -28,7 +29,7 @@ try:
 except ImportError:  # CPython: const() is the identity
     const = int  # type: ignore[assignment]
 
-VERSION = const(1)  # of the token and of the lock's BLE messages
+VERSION = const(2)  # of the token and of the lock's BLE messages (2: sealed tokens)
 KEY_BYTES = const(32)  # every lock key: token, edge, audit, session
 NONCE_BYTES = const(16)
 TAG_BYTES = const(16)  # truncated HMAC-SHA-256 (LOCK.md: why 128 bits)
@@ -73,6 +74,7 @@ STATUSES = (
     RATE_LIMITED,
     TOO_LATE,
     NO_RIGHT,
+    CLOCK_STALE,
 )
 
 
@@ -104,7 +106,7 @@ def check_type(data: bytes, msg_type: int, size: int) -> None:
     check_size(data, size)
 
 
-def check_size(data: bytes, size: int) -> None:
+def check_size(data: "bytes | bytearray", size: int) -> None:
     if len(data) < size:
         raise ProtocolError(TRUNCATED, "%d bytes, need %d" % (len(data), size))
     if len(data) > size:
@@ -125,9 +127,24 @@ def check_bytes(name: str, value: bytes, size: int) -> bytes:
 
 
 def lock_key(key: bytes) -> HmacKey:
-    # Every key the lock protocol uses is 32 random bytes; nothing shorter.
+    # Every key the lock protocol uses is 32 random bytes; nothing shorter,
+    # and never a placeholder such as all zeros (one repeated byte).
     check_bytes("key", key, KEY_BYTES)
+    diff = 0
+    for b in key:
+        diff |= b ^ key[0]
+    if not diff:
+        raise ProtocolError(BAD_VALUE, "key is one repeated byte: not provisioned")
     return HmacKey(key)
+
+
+def check_distinct(*keys: HmacKey) -> None:
+    # The lock's purpose keys (token, edge, audit) are three different keys:
+    # one key in every slot would let a holder's token key forge commands.
+    for i in range(len(keys)):
+        for j in range(i + 1, len(keys)):
+            if keys[i].same(keys[j]):
+                raise ProtocolError(BAD_VALUE, "two purpose keys are the same key")
 
 
 def u32(value: int) -> bytes:

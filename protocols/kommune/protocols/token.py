@@ -1,13 +1,15 @@
 # Access token: one holder may operate one lock during one time window.
 #
-# Minted by the edge's token authority (kommune.edge.token_authority) and
-# verified by the lock with HMAC-SHA-256 alone, under the lock's token key.
-# The lock derives the holder's session key from the token, so it stores
-# nothing per holder. Byte layout and security argument: protocols/LOCK.md.
+# Minted and sealed by the edge's token authority (kommune.edge.token_authority):
+# its fields (token id, holder, lock, window, rights, epoch) are encrypted and
+# authenticated under the lock's token key (seal.py), so they never cross the
+# air in clear and the phone, which never holds that key, carries an opaque
+# 42-byte blob. The lock opens it with HMAC-SHA-256 alone and derives the
+# holder's session key from it, so it stores nothing per holder. Byte layout
+# and security argument: protocols/LOCK.md.
 import struct
 
 from kommune.protocols.errors import (
-    BAD_TAG,
     BAD_VALUE,
     BAD_VERSION,
     EXPIRED,
@@ -18,7 +20,6 @@ from kommune.protocols.errors import (
     WRONG_LOCK,
     ProtocolError,
 )
-from kommune.protocols.hmac_sha256 import HmacKey, equal
 from kommune.protocols.lock_wire import (
     RIGHT_ADMIN,
     RIGHT_LOCK,
@@ -32,23 +33,25 @@ from kommune.protocols.lock_wire import (
     check_uint,
     u32,
 )
+from kommune.protocols.seal import SealKey, seal, unseal
 
 try:
     from micropython import const
 except ImportError:  # CPython: const() is the identity
     const = int  # type: ignore[assignment]
 
-BODY_BYTES = const(26)
-TOKEN_BYTES = const(42)  # body + 16-byte tag
+BODY_BYTES = const(25)  # the sealed fields
+TOKEN_BYTES = const(42)  # version + 16-byte tag + sealed body
+_SEALED_AT = const(17)
 # Lock clock vs site clock: drift between time syncs (LOCK.md: skew).
 DEFAULT_SKEW_S = const(60)
 
-# version, token_id, holder_id, lock_id, not_before_s, not_after_s, rights, epoch
-_BODY_FORMAT = ">BIIIIIBI"
+# token_id, holder_id, lock_id, not_before_s, not_after_s, rights, epoch
+_BODY_FORMAT = ">IIIIIBI"
 # MAC input labels: one per use of the token key (domain separation). Public:
 # the edge's token authority computes the same MACs with `cryptography`.
-TAG_LABEL = b"TOK1"
-SESSION_LABEL = b"SES1"
+TAG_LABEL = b"TOK2"
+SESSION_LABEL = b"SES2"
 
 RIGHT_NAMES = (
     ("unlock", RIGHT_UNLOCK),
@@ -80,7 +83,7 @@ class Token:
         self.not_after_s = not_after_s  # inclusive
         self.rights = rights  # RIGHT_* bits
         self.epoch = epoch  # revocation epoch of the lock at minting
-        self.tag = tag  # empty until signed
+        self.tag = tag  # the seal's tag; empty until sealed
 
     def fields(self) -> tuple[int, int, int, int, int, int, int, bytes]:
         return (
@@ -124,11 +127,10 @@ def _validate(tok: Token) -> None:
 
 
 def encode_body(tok: Token) -> bytes:
-    # The 26 bytes the tag covers.
+    # The 25 bytes that are sealed.
     _validate(tok)
     return struct.pack(
         _BODY_FORMAT,
-        VERSION,
         tok.token_id,
         tok.holder_id,
         tok.lock_id,
@@ -139,58 +141,54 @@ def encode_body(tok: Token) -> bytes:
     )
 
 
-def encode(tok: Token) -> bytes:
-    return encode_body(tok) + check_bytes("tag", tok.tag, TAG_BYTES)
-
-
-def decode(data: bytes) -> Token:
-    # Structure only; authenticate() checks the tag.
-    if not data:
-        raise ProtocolError(TRUNCATED, "empty token")
-    if data[0] != VERSION:
-        raise ProtocolError(BAD_VERSION, "token version %d" % data[0])
-    check_size(data, TOKEN_BYTES)
-    f = struct.unpack_from(_BODY_FORMAT, data, 0)
+def decode_body(body: "bytes | bytearray", tag: bytes = b"") -> Token:
+    # Fields of an opened (or about to be sealed) body.
+    check_size(body, BODY_BYTES)
+    f = struct.unpack_from(_BODY_FORMAT, body, 0)
     tok = Token(
-        token_id=f[1],
-        holder_id=f[2],
-        lock_id=f[3],
-        not_before_s=f[4],
-        not_after_s=f[5],
-        rights=f[6],
-        epoch=f[7],
-        tag=data[BODY_BYTES:],
+        token_id=f[0],
+        holder_id=f[1],
+        lock_id=f[2],
+        not_before_s=f[3],
+        not_after_s=f[4],
+        rights=f[5],
+        epoch=f[6],
+        tag=tag,
     )
     _validate(tok)
     return tok
 
 
-def compute_tag(key: HmacKey, body: bytes) -> bytes:
-    return key.digest(TAG_LABEL, body)[:TAG_BYTES]
+def check_sealed(data: bytes) -> None:
+    # Structure of a sealed token: what anyone can check without the key.
+    if not data:
+        raise ProtocolError(TRUNCATED, "empty token")
+    if data[0] != VERSION:
+        raise ProtocolError(BAD_VERSION, "token version %d" % data[0])
+    check_size(data, TOKEN_BYTES)
 
 
-def sign(key: HmacKey, tok: Token) -> bytes:
-    # Token bytes with their tag. The edge mints with `cryptography`
+def seal_token(key: SealKey, tok: Token) -> bytes:
+    # The sealed token. The edge mints with `cryptography`
     # (kommune.edge.token_authority); this one serves tests and vectors.
-    body = encode_body(tok)
-    return body + compute_tag(key, body)
+    return seal(key, TAG_LABEL, b"", bytes((VERSION,)), encode_body(tok))
 
 
-def session_key(key: HmacKey, tok: Token) -> bytes:
+def session_key(key: SealKey, tok: Token) -> bytes:
     # 32 bytes the holder receives with the token and the lock re-derives.
-    # Secret although the token is public: it is a MAC under the token key.
-    return key.digest(SESSION_LABEL, u32(tok.token_id), tok.tag)
+    # Secret: a MAC under the token key of what only the token key opens.
+    return key.mac.digest(SESSION_LABEL, u32(tok.token_id), check_bytes("tag", tok.tag, TAG_BYTES))
 
 
-def authenticate(data: bytes, key: HmacKey, lock_id: int) -> Token:
-    # Decoded, for this lock, and minted by the authority - or an error.
-    # The lock id comes first: another lock's token fails the tag anyway,
-    # and "wrong lock" tells the holder more than "bad tag".
-    tok = decode(data)
+def authenticate(data: bytes, key: SealKey, lock_id: int) -> Token:
+    # Opened, minted by the authority, and for this lock - or an error. A
+    # token of another lock (or site) fails the tag: it was sealed under
+    # another key; wrong_lock remains only for an authority fault.
+    check_sealed(data)
+    body = unseal(key, TAG_LABEL, b"", data, 1)
+    tok = decode_body(body, bytes(data[1:_SEALED_AT]))
     if tok.lock_id != lock_id:
         raise ProtocolError(WRONG_LOCK, "token for lock %d, this is %d" % (tok.lock_id, lock_id))
-    if not equal(compute_tag(key, data[:BODY_BYTES]), tok.tag):
-        raise ProtocolError(BAD_TAG, "token tag")
     return tok
 
 
@@ -210,7 +208,7 @@ def authorize(tok: Token, now_s: int, epoch: int, right: int, skew_s: int = DEFA
 
 def verify(
     data: bytes,
-    key: HmacKey,
+    key: SealKey,
     lock_id: int,
     *,
     now_s: int,
