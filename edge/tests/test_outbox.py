@@ -349,8 +349,9 @@ async def test_a_failed_commit_fails_its_appends_and_takes_nothing_with_it(
 ) -> None:
     assert await outbox.append([event("lamp-1/energy", 1)]) == [1]
     store = outbox._store
+    # The last statement of the append's part of the commit (its dedup keys are held back).
     failing = FailingConnection(
-        store._conn, "INTO recent", sqlite3.OperationalError("disk I/O error")
+        store._conn, "INTO telemetry", sqlite3.OperationalError("disk I/O error")
     )
     monkeypatch.setattr(store, "_conn", failing)
     with pytest.raises(OutboxError, match="disk I/O error"):

@@ -30,6 +30,10 @@ class Metric:
     label: str
     unit: str
     goal: str = ""
+    #: Whether the results meet the goal (the table shows pass/miss); None: not judged.
+    check: Callable[[Metrics], bool] | None = None
+    #: Decimals the table shows for a value that is not whole.
+    decimals: int = 1
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def write(suite: str, results: Metrics, path: Path | None = None) -> Path:
 
 
 def render(suite: Suite, results: Metrics) -> str:
-    rows = [("metric", "value", "goal")]
+    judged = any(m.check is not None for m in suite.metrics)
+    rows = [("metric", "value", "goal", "met" if judged else "")]
     for m in suite.metrics:
         value = results.get(m.key)
         if value is None:
@@ -107,9 +112,16 @@ def render(suite: Suite, results: Metrics) -> str:
         elif float(value).is_integer():
             shown = f"{value:,.0f} {m.unit}".strip()
         else:
-            shown = f"{value:,.1f} {m.unit}".strip()
-        rows.append((m.label, shown, m.goal))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+            shown = f"{value:,.{m.decimals}f} {m.unit}".strip()
+        verdict = ""
+        if m.check is not None and value is not None:
+            verdict = "pass" if m.check(results) else "MISS"
+        rows.append((m.label, shown, m.goal, verdict))
+    columns = 4 if judged else 3
+    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r[:columns], widths, strict=True)).rstrip()
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return f"bench {suite.name} ({machine_description()})\n" + "\n".join(lines)

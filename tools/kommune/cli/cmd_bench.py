@@ -21,11 +21,13 @@ SUITES = {
     "lock": "the lock's handshake verification on MicroPython: time, allocation, RAM",
     "rig": "emulated board boot time, RAM per board, GATT round trip, boards per machine",
     "radio": "virtual BLE air: GATT round trip, connect + discovery, cached services",
+    "uplink": "durable ingest vs raw SQLite, bytes on the wire vs per-event JSON, restart",
 }
 
 EPILOG = """example:
   kommune bench protocols --json
   kommune bench rig --max-boards 400 --report /tmp/benches/
+  kommune bench uplink --events 100000 --restart-rows 200000
 
 --report PATH: an existing directory gets a dated file SUITE-YYYYmmdd-HHMMSS.json;
 any other PATH is the report file itself, written in its directory, which must
@@ -61,7 +63,29 @@ def add_parser(sub: Any, name: str, summary: str) -> None:
         help="rig: add idle boards up to N at most (default: 120); the report says how many"
         " this machine held and what stopped it",
     )
+    p.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="uplink: events for the ingest and wire figures (default: 300,000)",
+    )
+    p.add_argument(
+        "--restart-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="uplink: rows queued before the restart is timed (default: 1,000,000)",
+    )
     p.set_defaults(run=run)
+
+
+#: Options only some suites take: (name in `Suite.options` and on args, flag, smallest).
+_SUITE_OPTIONS = (
+    ("max_boards", "--max-boards", 1),
+    ("events", "--events", 1),
+    ("restart_rows", "--restart-rows", 1),
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,12 +94,16 @@ def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"kommune.bench.{args.suite}")
     suite: report.Suite = module.SUITE
     options: dict[str, Any] = {}
-    if args.max_boards is not None:
-        if "max_boards" not in suite.options:
-            raise CliError(f"--max-boards is for the rig suite, not {args.suite}")
-        if args.max_boards < 1:
-            raise CliError("--max-boards: give 1 or more")
-        options["max_boards"] = args.max_boards
+    for name, flag, least in _SUITE_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in suite.options:
+            owner = next(s for s in SUITES if s != args.suite and _takes(s, name))
+            raise CliError(f"{flag} is for the {owner} suite, not {args.suite}")
+        if value < least:
+            raise CliError(f"{flag}: give {least} or more")
+        options[name] = value
     try:
         path = report.report_path(args.suite, args.report)
         results = suite.run(**options)
@@ -88,3 +116,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.render(suite, results))
         print(f"report: {path}")
     return 0
+
+
+def _takes(suite: str, option: str) -> bool:
+    module = importlib.import_module(f"kommune.bench.{suite}")
+    return option in module.SUITE.options

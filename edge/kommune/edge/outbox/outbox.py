@@ -34,7 +34,7 @@ from kommune.edge.northbound import Event, Priority, Queued
 from kommune.edge.outbox.budget import DiskBudget, EvictionLog, Quota, check_quotas
 from kommune.edge.outbox.errors import OutboxClosed, OutboxError, OutboxFull
 from kommune.edge.outbox.recovery import KeptAside, sidecars
-from kommune.edge.outbox.schema import check_event
+from kommune.edge.outbox.schema import EventChecker
 from kommune.edge.outbox.store import CommitResult, Store
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class Outbox:
         self._rows: dict[Priority, int] = store.rows
         self._used_bytes = store.last_used_bytes
         self._jobs: deque[_Job] = deque()
+        self._checker = EventChecker()
         self._taken: list[_Job] = []  # the jobs of the commit under way
         self._wake = asyncio.Event()
         # The uplink's side: handed out and not yet acknowledged or released (row ids),
@@ -209,8 +210,7 @@ class Outbox:
         acknowledge its node. ValueError/TypeError for a malformed event.
         """
         events = tuple(events)
-        for event in events:
-            check_event(event)
+        self._checker.check(events)
         if self._closing:
             raise OutboxClosed(f"{self.path}: the outbox is closed")
         if not events:

@@ -17,7 +17,12 @@ from typing import Final, TypeVar
 
 from kommune.edge import pidlock
 from kommune.edge.outbox.errors import OutboxError, OutboxInUse, OutboxSchemaError
-from kommune.edge.outbox.schema import DDL, EXPECTED_TABLES, SCHEMA_VERSION
+from kommune.edge.outbox.schema import (
+    DDL,
+    EXPECTED_TABLES,
+    SCHEMA_VERSION,
+    UPGRADABLE_VERSIONS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +155,7 @@ def inspect(path: Path) -> None:
             if tables:
                 raise Unreadable(f"not an outbox: it has tables ({', '.join(sorted(tables))})")
             return
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in UPGRADABLE_VERSIONS:
             raise Unreadable(f"outbox schema version {version} is not one this agent knows")
         missing = EXPECTED_TABLES - tables
         if missing:
@@ -203,9 +208,13 @@ def _prepare(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
             for statement in DDL:
                 conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version in UPGRADABLE_VERSIONS:
+            # 1 -> 2: the same tables; no meta.keys_through means every key is in `recent`.
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

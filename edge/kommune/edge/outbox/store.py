@@ -55,6 +55,10 @@ MIN_EVICTION_ROWS: Final = 16
 ROW_GUESS_BYTES: Final = 48
 #: Digest heads kept (one per class, name, unit and kind in use; a few dozen in practice).
 MAX_CACHED_HEADS: Final = 4096
+#: Dedup keys held back from `recent` before a group commit writes them (see `Store`).
+FLUSH_KEYS: Final = 32_768
+#: What a held-back key will take in `recent` (for the budget estimate; ~25 measured).
+KEY_GUESS_BYTES: Final = 40
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,46 @@ class _Undo:
     streams: dict[str, tuple[int, int | None, int | None] | None] = field(default_factory=dict)
 
 
+_INSERT_SQL: Final = {
+    priority: f"INSERT INTO {table} {INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    for priority, table in TABLES.items()
+}
+_RECENT_SQL: Final = (
+    "INSERT OR REPLACE INTO recent (stream_id, source_seq, seen_ms, digest) VALUES (?, ?, ?, ?)"
+)
+
+
+@dataclass
+class _Txn:
+    """The appends of one group commit so far: rows and dedup keys not yet inserted, and
+    the estimated pages in use (bytes) once they are."""
+
+    used_bytes: int
+    rows: dict[Priority, list[tuple[object, ...]]] = field(
+        default_factory=lambda: {p: [] for p in Priority}
+    )
+    keys: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: Keys stored earlier in this transaction, with their digests.
+    digests: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Whether this transaction wrote the held-back keys to `recent`, and through which
+    #: row id every key is there once it commits.
+    flushed: bool = False
+    keys_through: int = 0
+
+
 class Store:
     """One outbox database and the connection to it. Not thread-safe: every call must come
-    from the thread that called `open` (the outbox's SQLite thread)."""
+    from the thread that called `open` (the outbox's SQLite thread).
+
+    Dedup keys reach `recent` in bulk, not with their rows: `recent` is ordered by
+    (stream, source_seq), so a group commit of a few hundred streams would dirty a page
+    per stream for its keys, several times what its rows cost (append-only, by row id).
+    The keys of rows above `meta.keys_through` are held in memory (`_pending`) and
+    written together once FLUSH_KEYS of them gather, when the writer is idle, and
+    before anything deletes rows (acknowledgements, eviction, expiry, pruning). They
+    are as durable as their rows: those rows are in the event tables, committed, and
+    `open` reads their keys back from there.
+    """
 
     def __init__(
         self,
@@ -151,6 +192,11 @@ class Store:
         conn.execute(f"PRAGMA journal_size_limit = {self.budget.wal_pages * self.page_size}")
         self._wal_path = sidecars(path)[0]
         self._names: dict[int, str] = {}
+        #: Keys committed and not yet in `recent`: (stream_id, source_seq) -> (seen_ms,
+        #: digest), the keys of the rows with row ids above `_keys_through`.
+        self._pending: dict[tuple[int, int], tuple[int, int]] = {}
+        self._keys_through = 0
+        self._txn = _Txn(0)
         self._state = self._load()
         #: Pages in use (bytes) after the last commit.
         self.last_used_bytes = self.used_bytes()
@@ -225,14 +271,49 @@ class Store:
                 last_row_id = max(last_row_id, newest[0])
                 last_added_ms = max(last_added_ms, newest[1])
         streams: dict[str, _Stream] = {}
+        by_id: dict[int, _Stream] = {}
         for stream_id, name, last_seq in conn.execute(
             "SELECT stream_id, name, last_seq FROM streams"
         ):
-            streams[name] = _Stream(stream_id, last_seq)
+            streams[name] = by_id[stream_id] = _Stream(stream_id, last_seq)
             self._names[stream_id] = name
         for stream in streams.values():
             self._measure_range(stream)
+        # Version 1 wrote every key with its row: all of them are in `recent`.
+        self._keys_through = int(meta.get("keys_through", last_row_id))
+        self._load_pending(by_id)
         return _State(last_row_id, last_added_ms, rows, streams)
+
+    def _load_pending(self, streams: Mapping[int, _Stream]) -> None:
+        """The keys of the rows committed after the last flush, from the rows themselves."""
+        found: list[tuple[int, int, int, int, int]] = []
+        for priority, table in TABLES.items():
+            for (
+                row_id,
+                stream_id,
+                source_seq,
+                added_ms,
+                name,
+                kind,
+                value,
+                unit,
+            ) in self._conn.execute(
+                f"SELECT row_id, stream_id, source_seq, added_ms, name, kind, value, unit "
+                f"FROM {table} WHERE row_id > ?",
+                (self._keys_through,),
+            ):
+                head = head_digest(priority, name, unit, kind)
+                try:
+                    digest = value_digest(loaded_value(kind, value), head)
+                except ValueError:  # a row that cannot be read back is not a duplicate either
+                    continue
+                found.append((row_id, stream_id, source_seq, added_ms, digest))
+        found.sort()
+        for _, stream_id, source_seq, added_ms, digest in found:
+            self._pending[(stream_id, source_seq)] = (added_ms, digest)
+            stream = streams[stream_id]
+            stream.low = source_seq if stream.low is None else min(stream.low, source_seq)
+            stream.high = source_seq if stream.high is None else max(stream.high, source_seq)
 
     def _measure_range(self, stream: _Stream) -> None:
         stream.low, stream.high = self._conn.execute(
@@ -292,14 +373,18 @@ class Store:
         expiry_due = maintain or now_ms - self._last_expiry_ms >= EXPIRY_INTERVAL_MS
         expiry_due = expiry_due and any(q.max_age_s is not None for q in self.quotas.values())
         prune_due = maintain or now_ms - self._last_prune_ms >= self.dedup_window_ms // 10
-        if not appends and not acks and not expiry_due and not prune_due:
+        idle = not appends and not acks
+        if idle and not expiry_due and not prune_due and not self._pending:
             result.rows = self.rows
             result.used_bytes = self.last_used_bytes
             return result
         self._undo = _Undo(self._state.last_row_id, dict(self._state.rows))
+        txn = self._txn = _Txn(0)
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if idle or prune_due:
+                self._flush_keys()
             if expiry_due:
                 self._expire(now_ms, result)
             if prune_due:
@@ -308,6 +393,8 @@ class Store:
                 result.acknowledged += self._delete(rows)
             if appends:
                 self._append_all(appends, now_ms, result)
+                if len(self._pending) + len(txn.keys) >= FLUSH_KEYS:
+                    self._flush_keys()
             streams = self._state.streams
             conn.executemany(
                 "UPDATE streams SET last_seq = ? WHERE stream_id = ?",
@@ -327,6 +414,12 @@ class Store:
             self._rollback()
             raise
         # Committed: from here on nothing may fail the commit (its appends are durable).
+        pending = self._pending
+        if txn.flushed:
+            pending.clear()
+            self._keys_through = txn.keys_through
+        for stream_id, source_seq, seen_ms, digest in txn.keys:
+            pending[(stream_id, source_seq)] = (seen_ms, digest)
         if expiry_due:
             self._last_expiry_ms = now_ms
         if prune_due:
@@ -343,9 +436,15 @@ class Store:
         return result
 
     def close(self) -> None:
-        """Close the connection (SQLite checkpoints the WAL) and release the file lock."""
+        """Write the held-back dedup keys (so the next open has none to read back), close
+        the connection (SQLite checkpoints the WAL) and release the file lock."""
         if self._closed:
             return
+        try:
+            if self._pending:
+                self.commit([], [])
+        except sqlite3.Error as error:  # they are read back from their rows at open
+            log.warning("outbox: %s: writing the dedup keys at close: %s", self.path, error)
         self._closed = True
         try:
             self._conn.close()
@@ -387,8 +486,12 @@ class Store:
 
     def _delete(self, rows: Iterable[Queued]) -> int:
         by_class: dict[Priority, list[tuple[int]]] = {}
+        newest = 0
         for row in rows:
             by_class.setdefault(row.event.priority, []).append((row.row_id,))
+            newest = max(newest, row.row_id)
+        if newest > self._keys_through and not self._txn.flushed:
+            self._flush_keys()  # the key outlives the row: it must be in `recent` first
         deleted = 0
         for priority, ids in by_class.items():
             cursor = self._conn.executemany(f"DELETE FROM {TABLES[priority]} WHERE row_id = ?", ids)
@@ -413,6 +516,7 @@ class Store:
         event that left unsent is no longer "seen" (were it sent again, it is stored
         again), and the keys would otherwise hold space eviction cannot free."""
         table = TABLES[priority]
+        self._flush_keys()
         self._conn.execute(
             "DELETE FROM recent WHERE (stream_id, source_seq, seen_ms) IN "
             f"(SELECT stream_id, source_seq, added_ms FROM {table} WHERE row_id <= ?)",
@@ -475,17 +579,46 @@ class Store:
     def _append_all(
         self, appends: Sequence[Sequence[Event]], now_ms: int, result: CommitResult
     ) -> None:
-        #: Keys committed earlier in this transaction, with their digests.
-        in_txn: dict[tuple[str, int], int] = {}
-        used = self.used_bytes()
+        txn = self._txn
+        txn.used_bytes = self.used_bytes() + len(self._pending) * KEY_GUESS_BYTES
         for events in appends:
-            outcome = self._append_one(events, now_ms, in_txn, used, result)
-            result.appended.append(outcome)
-            if not isinstance(outcome, OutboxFull):
-                used = self.used_bytes()
+            result.appended.append(self._append_one(events, now_ms, txn, result))
+        self._flush(txn)
+
+    def _flush(self, txn: _Txn) -> None:
+        """Insert the rows buffered so far: one statement per table for the whole group
+        commit (and before anything that reads or deletes rows)."""
+        conn = self._conn
+        for priority, rows in txn.rows.items():
+            if rows:
+                conn.executemany(_INSERT_SQL[priority], rows)
+                rows.clear()
+
+    def _flush_keys(self) -> None:
+        """Write every held-back key (and this transaction's so far) to `recent`."""
+        txn = self._txn
+        self._flush(txn)
+        keys: list[tuple[int, int, int, int]] = []
+        if not txn.flushed:
+            keys = [(s, q, seen, d) for (s, q), (seen, d) in self._pending.items()]
+        keys += txn.keys
+        if keys:
+            self._conn.executemany(_RECENT_SQL, keys)
+        txn.keys.clear()
+        txn.flushed = True
+        txn.keys_through = self._state.last_row_id
+        self._conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_through', ?)",
+            (txn.keys_through,),
+        )
 
     def _seen(self, stream: _Stream, source_seq: int, digest: int, now_ms: int) -> bool:
-        """Whether `recent` has this event, committed within the window (same content)."""
+        """Whether this event was committed within the window (same content): its key is
+        held back in memory (the newest) or in `recent`."""
+        if not self._txn.flushed:
+            held = self._pending.get((stream.stream_id, source_seq))
+            if held is not None:
+                return now_ms - held[0] <= self.dedup_window_ms and held[1] == digest
         seen = self._conn.execute(
             "SELECT seen_ms, digest FROM recent WHERE stream_id = ? AND source_seq = ?",
             (stream.stream_id, source_seq),
@@ -493,17 +626,13 @@ class Store:
         return seen is not None and now_ms - seen[0] <= self.dedup_window_ms and seen[1] == digest
 
     def _append_one(
-        self,
-        events: Sequence[Event],
-        now_ms: int,
-        in_txn: dict[tuple[str, int], int],
-        used: int,
-        result: CommitResult,
+        self, events: Sequence[Event], now_ms: int, txn: _Txn, result: CommitResult
     ) -> list[int | None] | OutboxFull:
         """Store one append whole (or refuse it whole): the hot path, kept to one pass to
-        sort out duplicates and size it, and one to build the rows."""
+        sort out duplicates and size it, and one to buffer its rows for `_flush`."""
         streams = self._state.streams
         digests = self._digests
+        in_txn = txn.digests
         fresh: list[tuple[int, Event, int, int]] = []  # (index, event, kind, digest)
         mine: dict[tuple[str, int], int] = {}
         text_bytes = 0
@@ -519,7 +648,8 @@ class Store:
                     digests.clear()
                 digest = digests[head] = head_digest(*head)
             digest = value_digest(value, digest)
-            key = (event.stream, event.source_seq)
+            source_seq = event.source_seq
+            key = (event.stream, source_seq)
             earlier = mine.get(key)
             if earlier is None:
                 earlier = in_txn.get(key)
@@ -529,48 +659,54 @@ class Store:
                         stream is not None
                         and stream.low is not None
                         and stream.high is not None
-                        and stream.low <= event.source_seq <= stream.high
-                        and self._seen(stream, event.source_seq, digest, now_ms)
+                        and stream.low <= source_seq <= stream.high
+                        and self._seen(stream, source_seq, digest, now_ms)
                     ):
                         continue
             if earlier == digest:
                 continue
             mine[key] = digest
-            text_bytes += len(event.name) + len(event.unit or "")
             if kind in (KIND_STR, KIND_BYTES):
                 text_bytes += len(value)  # type: ignore[arg-type]
+            unit = event.unit
+            text_bytes += len(event.name) + (len(unit) if unit else 0)
             fresh.append((index, event, kind, digest))
         seqs: list[int | None] = [None] * len(events)
         if not fresh:
             return seqs
-        refused = self._make_room(fresh, used, ROW_OVERHEAD_BYTES * len(fresh) + text_bytes, result)
+        need = ROW_OVERHEAD_BYTES * len(fresh) + text_bytes
+        refused = self._make_room(fresh, txn, need, result)
         if refused is not None:
             return refused
-        inserts: dict[Priority, list[tuple[object, ...]]] = {}
-        recent: list[tuple[int, int, int, int]] = []
         state = self._state
+        keys = txn.keys
         stream_name = ""
         stream = _Stream(0, 0)
+        stream_id = 0
         rows: list[tuple[object, ...]] = []
         priority: Priority | None = None
+        touched: set[Priority] = set()
+        row_id = state.last_row_id
         for index, event, kind, digest in fresh:
             if event.stream != stream_name:
                 stream_name = event.stream
                 stream = self._stream(stream_name)
+                stream_id = stream.stream_id
                 self._touch(stream_name, stream)
             if event.priority is not priority:
                 priority = event.priority
-                rows = inserts.setdefault(priority, [])
+                rows = txn.rows[priority]
+                touched.add(priority)
             source_seq = event.source_seq
-            stream.last_seq += 1
-            state.last_row_id += 1
-            seqs[index] = stream.last_seq
+            seq = stream.last_seq = stream.last_seq + 1
+            row_id += 1
+            seqs[index] = seq
             value = event.value
             rows.append(
                 (
-                    state.last_row_id,
-                    stream.stream_id,
-                    stream.last_seq,
+                    row_id,
+                    stream_id,
+                    seq,
                     source_seq,
                     event.time_ms,
                     now_ms,
@@ -580,51 +716,49 @@ class Store:
                     event.unit,
                 )
             )
-            recent.append((stream.stream_id, source_seq, now_ms, digest))
-            if stream.low is None or stream.high is None:
+            state.rows[priority] += 1
+            keys.append((stream_id, source_seq, now_ms, digest))
+            high = stream.high
+            if high is None or stream.low is None:
                 stream.low = stream.high = source_seq
-            elif source_seq > stream.high:
+            elif source_seq > high:
                 stream.high = source_seq
             elif source_seq < stream.low:
                 stream.low = source_seq
-        for priority, rows in inserts.items():
-            self._conn.executemany(
-                f"INSERT INTO {TABLES[priority]} {INSERT_COLUMNS} "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            state.rows[priority] += len(rows)
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO recent (stream_id, source_seq, seen_ms, digest) "
-            "VALUES (?, ?, ?, ?)",
-            recent,
-        )
+        state.last_row_id = row_id
+        txn.used_bytes += need
         in_txn.update(mine)
-        for priority in inserts:
-            self._trim_to_quota(priority, result)
+        for priority in touched:
+            self._trim_to_quota(priority, txn, result)
         return seqs
 
-    def _trim_to_quota(self, priority: Priority, result: CommitResult) -> None:
+    def _trim_to_quota(self, priority: Priority, txn: _Txn, result: CommitResult) -> None:
         max_rows = self.quotas[priority].max_rows
         if priority is Priority.AUDIT or max_rows is None:
             return
         excess = self._state.rows[priority] - max_rows
         if excess > 0:
+            self._flush(txn)
             deleted, through = self._evict_oldest(priority, excess)
             result.evictions.append(
                 Eviction(priority, QUOTA, deleted, through, f"more than {max_rows} rows")
             )
+            txn.used_bytes = self.used_bytes()
 
     def _make_room(
         self,
         fresh: Sequence[tuple[int, Event, int, int]],
-        used: int,
+        txn: _Txn,
         need: int,
         result: CommitResult,
     ) -> OutboxFull | None:
         """Make room for `fresh` within the audit quota and the disk budget, evicting what
-        the append's most important class may evict; or refuse it (nothing evicted)."""
-        top = min(event.priority for _, event, _, _ in fresh)
+        the append's most important class may evict; or refuse it (nothing evicted).
+
+        Within a group commit the pages in use are estimated (measured at its start, plus
+        each accepted append's estimate, which errs on the large side); only when the
+        estimate reaches the budget are the buffered rows written and the pages measured.
+        """
         audit_max = self.quotas[Priority.AUDIT].max_rows
         if audit_max is not None:
             audits = sum(1 for _, event, _, _ in fresh if event.priority is Priority.AUDIT)
@@ -636,8 +770,13 @@ class Store:
                     reason=QUOTA,
                 )
         limit = self.budget.data_budget_bytes - need
+        if txn.used_bytes <= limit:
+            return None
+        self._flush_keys()
+        used = txn.used_bytes = self.used_bytes()
         if used <= limit:
             return None
+        top = min(event.priority for _, event, _, _ in fresh)
         # Evict a little more than needed, so one burst of evictions serves many appends.
         target = limit - self.budget.data_budget_bytes // 20
         saved_rows = dict(self._state.rows)
@@ -654,6 +793,7 @@ class Store:
             if used <= limit:
                 self._conn.execute("RELEASE room")
                 result.evictions.extend(_merged(evicted))
+                txn.used_bytes = used
                 return None
             self._conn.execute("ROLLBACK TO room")
             self._conn.execute("RELEASE room")
