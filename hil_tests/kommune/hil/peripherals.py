@@ -9,6 +9,7 @@ from typing import Any
 
 from kommune.hil.board import rigwire
 from kommune.hil.models.adc import AdcBank
+from kommune.hil.models.bolt import BoltMechanism
 from kommune.hil.models.i2c import I2CWiring
 from kommune.hil.models.magnetometer import ADDRESS as QMC5883L_ADDRESS
 from kommune.hil.models.magnetometer import MagneticScene, Qmc5883l
@@ -76,6 +77,11 @@ class Peripherals:
             self.i2c.attach(int(spec.options["scl"]), int(spec.options["sda"]), addr, device)
             self.devices[str(spec.options.get("name", "magnetometer"))] = device
             return device
+        if spec.model == "bolt":
+            opts = {k: v for k, v in spec.options.items() if k != "name"}
+            bolt = BoltMechanism(self._loop, self.pins, self.adc, **opts)
+            self.devices[str(spec.options.get("name", "bolt"))] = bolt
+            return bolt
         raise ValueError(f"unknown device model {spec.model!r}")
 
     def chip_reset(self) -> None:

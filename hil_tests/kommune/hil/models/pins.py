@@ -32,6 +32,9 @@ class PinBank:
         self._profile = profile
         self._notify = notify  # (pin, level): tell the VM an input changed
         self._pins: dict[int, PinState] = {}
+        # (pin, level) on every level change, whoever caused it: models wired to
+        # the board's outputs (a motor driver) watch their pins through this.
+        self.listeners: list[Callable[[int, int], None]] = []
 
     def state(self, pin: int) -> PinState:
         if pin not in self._profile.gpio:
@@ -54,6 +57,7 @@ class PinBank:
         if level != s.level or not s.history:
             s.level = level
             s.history.append((time.monotonic(), level))
+            self._tell(pin, level)
         if s.mode is not None and level != vm_knows:
             self._notify(pin, level)
 
@@ -74,7 +78,12 @@ class PinBank:
         s.level = self._resolve(s)
         if not s.history or s.history[-1][1] != s.level:
             s.history.append((time.monotonic(), s.level))
+            self._tell(pin, s.level)
         return s.level
+
+    def _tell(self, pin: int, level: int) -> None:
+        for listener in self.listeners:
+            listener(pin, level)
 
     def vm_write(self, pin: int, value: int) -> None:
         s = self.state(pin)
