@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulate": ("cmd_emulate", "start an emulated board and print its console and link ports"),
     "bench": ("cmd_bench", "run a benchmark suite and write its report"),
     "edge": ("cmd_edge", "check a site file, or run the edge agent for it"),
+    "downlink": ("cmd_downlink", "make the backend's downlink key, sign documents for agents"),
 }
 
 EPILOG = """examples:

@@ -67,11 +67,32 @@ def _outbox(w: Wiring) -> Part:
     return OutboxPart(w.site)
 
 
+def _links(w: Wiring) -> Part | None:
+    if not w.site.links:
+        return None
+    from kommune.edge.agent.outbox_part import OutboxPart
+    from kommune.edge.links.part import LinksPart
+
+    return LinksPart(w.site, w.part("outbox", OutboxPart))
+
+
+def _downlink(w: Wiring) -> Part | None:
+    if w.site.downlink.backend_key is None:
+        return None  # no key, no downlinks: nothing is subscribed (the uplink says so)
+    from kommune.edge.agent.downlink_part import DownlinkPart
+    from kommune.edge.agent.outbox_part import OutboxPart
+
+    return DownlinkPart(w.site, w.part("outbox", OutboxPart))
+
+
 def _uplink(w: Wiring) -> Part:
+    from kommune.edge.agent.downlink_part import DownlinkPart
     from kommune.edge.agent.outbox_part import OutboxPart
     from kommune.edge.agent.uplink_part import UplinkPart
 
-    return UplinkPart(w.site, w.part("outbox", OutboxPart))
+    outbox = w.part("outbox", OutboxPart)
+    downlinks = w.part("downlink", DownlinkPart) if w.site.downlink.backend_key else None
+    return UplinkPart(w.site, outbox, downlinks)
 
 
 #: The agent's parts in start order. The health endpoint comes first and goes last, so
@@ -81,6 +102,12 @@ PARTS: tuple[PartSpec, ...] = (
     PartSpec(_heartbeat),
     # Everything going north passes through it: without it the agent must not run.
     PartSpec(_outbox, on_crash=OnCrash.STOP_AGENT),
+    # Signed documents from the backend (off without [downlink]); before their consumers
+    # and the uplink that delivers them.
+    PartSpec(_downlink),
+    # Node links append to the outbox and ack each frame after its commit; a serial
+    # device that is missing or went away is tried again while the rest runs.
+    PartSpec(_links),
     # Stops first (the host stops in reverse) and drains for up to its drain_s: a bigger
     # share of the stop budget.
     PartSpec(_uplink, stop_weight=6.0),

@@ -48,6 +48,8 @@ DEFAULT_KEEPALIVE_S: Final = 60
 DEFAULT_SESSION_EXPIRY_S: Final = 7 * 86_400
 DEFAULT_STOP_TIMEOUT_S: Final = 10.0
 DEFAULT_BAUD: Final = 115_200
+#: Downlinks issued longer ago than this are refused as stale (a day).
+DEFAULT_DOWNLINK_MAX_AGE_S: Final = 86_400.0
 
 
 class SiteError(Exception):
@@ -175,6 +177,16 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DownlinkConfig:
+    """Signed downlinks from the backend (docs/uplink.md, "Downlinks")."""
+
+    #: The backend's Ed25519 public key (PEM); None: no downlinks are subscribed.
+    backend_key: Path | None = None
+    #: Refuse a document issued longer ago than this, whatever its expiry.
+    max_age_s: float = DEFAULT_DOWNLINK_MAX_AGE_S
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     #: The file this came from (absolute).
     source: Path
@@ -185,6 +197,7 @@ class Site:
     locks: tuple[LockConfig, ...] = ()
     streets: tuple[StreetConfig, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
+    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
 
 
 def read_password(broker: BrokerConfig) -> str | None:
@@ -444,11 +457,12 @@ class _Reader:
         locks = tuple(lock for t in top.tables("locks") if (lock := self.lock(t)) is not None)
         streets = tuple(s for t in top.tables("streets") if (s := self.street(t)) is not None)
         health = self.health(top.table("health"))
+        downlink = self.downlink(top.table("downlink"))
         top.finish()
         self.check_links(links)
         self.check_locks(locks)
         self.check_streets(streets, links)
-        return Site(source, agent, outbox, broker, links, locks, streets, health)
+        return Site(source, agent, outbox, broker, links, locks, streets, health, downlink)
 
     def agent(self, t: _Table | None) -> AgentConfig:
         if t is None:
@@ -631,6 +645,20 @@ class _Reader:
             t.problem("bind", f"expected HOST:PORT (port 0-65535), got {_shown(bind)}")
             return HealthConfig()
         return HealthConfig(*address)
+
+    def downlink(self, t: _Table | None) -> DownlinkConfig:
+        if t is None:
+            return DownlinkConfig()
+        key = self.path(t, "backend_key", "the backend's Ed25519 public key (PEM)")
+        if key is None and not t.has("backend_key"):
+            t.problem(
+                "backend_key",
+                "required: the path of the backend's Ed25519 public key (PEM), "
+                "or leave out [downlink] for no downlinks",
+            )
+        max_age = t.number("max_age_s", 60, 7 * 86_400)
+        t.finish()
+        return DownlinkConfig(key, DEFAULT_DOWNLINK_MAX_AGE_S if max_age is None else max_age)
 
     def check_links(self, links: Sequence[Link]) -> None:
         ids: dict[str, int] = {}

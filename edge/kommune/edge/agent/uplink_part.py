@@ -1,15 +1,19 @@
 """The MQTT uplink as a part of the agent: it takes rows from the outbox part (built and
-started before it) and stops before the outbox does, after draining what it holds."""
+started before it) and stops before the outbox does, after draining what it holds. With
+a downlink part that is enabled, it subscribes to downlinks and hands them to it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kommune.edge.agent.metrics import Metric, counter, gauge
 from kommune.edge.agent.outbox_part import OutboxPart
 from kommune.edge.agent.site import Site, read_password
 from kommune.edge.uplink.config import TlsConfig, UplinkConfig
 from kommune.edge.uplink.mqtt import Uplink
+
+if TYPE_CHECKING:
+    from kommune.edge.agent.downlink_part import DownlinkPart
 
 
 def uplink_config(site: Site) -> UplinkConfig:
@@ -28,17 +32,25 @@ def uplink_config(site: Site) -> UplinkConfig:
     )
 
 
+#: What /healthz says when the site file sets no backend key.
+DOWNLINKS_OFF = "off: no [downlink] backend_key in the site file, nothing is subscribed"
+
+
 class UplinkPart:
     name = "uplink"
 
-    def __init__(self, site: Site, outbox: OutboxPart) -> None:
+    def __init__(
+        self, site: Site, outbox: OutboxPart, downlinks: DownlinkPart | None = None
+    ) -> None:
         self.config = uplink_config(site)
         self.config.check()  # a bad setting fails the start with its name, not later
         self._outbox = outbox
+        self._downlinks = downlinks if downlinks is not None and downlinks.enabled else None
         self._uplink: Uplink | None = None
 
     async def start(self) -> None:
-        self._uplink = Uplink(self.config, self._outbox.outbox)
+        handler = self._downlinks.handle if self._downlinks is not None else None
+        self._uplink = Uplink(self.config, self._outbox.outbox, on_downlink=handler)
         self._uplink.start()
 
     async def stop(self) -> None:
@@ -48,12 +60,14 @@ class UplinkPart:
 
     def health(self) -> dict[str, Any]:
         if self._uplink is None:
-            return {"connected": False}
+            return {"connected": False, "downlinks_subscribed": False}
         state = self._uplink.state
         return {
             "connected": state.connected,
             "broker": f"{self.config.host}:{self.config.resolved_port}",
             "acked_rows": state.acked_rows,
+            "downlinks_subscribed": state.downlink_subscribed,
+            **({} if self._downlinks is not None else {"downlinks": DOWNLINKS_OFF}),
             "last_error": state.last_error,
         }
 
@@ -73,6 +87,17 @@ class UplinkPart:
             counter("uplink_acked_rows_total", "rows delivered (after PUBACK)", s.acked_rows),
             counter("uplink_released_rows_total", "rows given back unsent", s.released_rows),
             gauge("uplink_in_flight", "publishes waiting for their PUBACK", s.in_flight),
+            gauge(
+                "uplink_downlinks_subscribed",
+                "1 while subscribed to downlinks",
+                float(s.downlink_subscribed),
+            ),
+            counter("uplink_downlinks_received_total", "downlink messages", s.downlinks_received),
+            counter(
+                "uplink_downlink_handler_errors_total",
+                "downlink messages whose handler raised",
+                s.downlink_handler_errors,
+            ),
             counter(
                 "uplink_payload_bytes_total", "payload bytes of acked publishes", s.payload_bytes
             ),

@@ -6,7 +6,9 @@ code of each publish (aiomqtt treats every PUBACK as success, but a refusal such
 0x87 "not authorized" must not count as delivered), publishing without waiting (for the
 in-flight window), the CONNACK properties (Receive Maximum, Maximum Packet Size), and a
 connect that fails as soon as the connection closes before its CONNACK, with the reason
-(aiomqtt waits out its timeout and then says only that).
+(aiomqtt waits out its timeout and then says only that), and acknowledging a received
+QoS 1 message when its handler is done with it (`manual_ack`: paho would send the PUBACK
+as soon as the message arrives, before anything was done with it).
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ def _ssl_reason(exc: BaseException) -> str:
 class MqttClient(aiomqtt.Client):
     """aiomqtt's client with the additions the module docstring lists."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, manual_ack: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Received QoS 1 messages get their PUBACK from `ack`, not on arrival.
+        self._client.manual_ack_set(manual_ack)
         self._pubacks: dict[int, asyncio.Future[ReasonCode]] = {}
         self.connack_properties: Properties | None = None
         self._closed_early: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -158,6 +162,13 @@ class MqttClient(aiomqtt.Client):
         fut: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
         self._pubacks[info.mid] = fut
         return fut
+
+    def ack(self, message: aiomqtt.Message) -> bool:
+        """Send the PUBACK of a received QoS 1 message (with `manual_ack`); False if the
+        connection is gone (the broker then sends the message again on the next one)."""
+        if message.qos == 0:
+            return True
+        return self._client.ack(message.mid, message.qos) == paho.MQTT_ERR_SUCCESS
 
     def abort(self) -> None:
         """Close the socket now (idempotent); paho's own close, which also unregisters

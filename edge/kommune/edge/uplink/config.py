@@ -5,7 +5,9 @@ check`): a bad setting is one `UplinkConfigError` whose message is one line nami
 the setting, e.g. ``tls.cert: /etc/kommune/edge.crt: no such file``.
 
 Topics: every batch of class C goes to ``<prefix>/<site>/<agent>/<c>`` with c one of
-``audit``, ``occupancy``, ``telemetry`` (prefix ``kommune``).
+``audit``, ``occupancy``, ``telemetry`` (prefix ``kommune``). Downlinks come on
+``<prefix>/<site>/<agent>/down/<kind>`` and ``<prefix>/<site>/all/down/<kind>`` (every
+agent of the site); the uplink subscribes to both with ``+`` for the kind.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from kommune.edge.northbound import Priority
 from .backoff import BackoffPolicy
 from .batcher import DEFAULT_POLICIES, BatchPolicy
 
+#: The topic level of downlinks for every agent of a site.
+ALL_AGENTS_LEVEL = "all"
 #: A topic level we put in a topic name: no "/", "+", "#" or "$".
 _LEVEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -184,6 +188,11 @@ class UplinkConfig:
     @property
     def resolved_client_id(self) -> str:
         return self.client_id or f"kommune-{self.site}-{self.agent}"
+
+    def downlink_filters(self) -> tuple[str, str]:
+        """What the uplink subscribes to for downlinks: this agent's and the site's."""
+        site = f"{self.topic_prefix}/{self.site}"
+        return f"{site}/{self.agent}/down/+", f"{site}/{ALL_AGENTS_LEVEL}/down/+"
 
     def topic(self, priority: Priority) -> str:
         """Where batches of `priority` go: ``kommune/<site>/<agent>/<class>``."""

@@ -13,6 +13,24 @@ expiry, so the broker keeps our session across drops):
                                                         ▼ wait for their PUBACK
                   acknowledge(rows) ◄── PUBACK ◄── PUBLISH QoS 1 kommune/<site>/<agent>/<class>
 
+Downlinks (when an `on_downlink` handler is given): on every connection, right after
+the CONNACK, the session subscribes (QoS 1) to this agent's and its site's downlink
+topics (`UplinkConfig.downlink_filters`) and hands each message to the handler, one at
+a time, in order of arrival. Its PUBACK goes to the broker only once the handler has
+returned (manual ack): the handler returns once the message is dealt with durably
+(applied or refused, and recorded), so a message the agent did not finish with is sent
+again by the broker on the next connection (our session persists), and the handler's
+idempotence makes the second copy harmless. A handler that raises is logged and
+counted, and its message acknowledged all the same: unacknowledged, the broker would
+send it again only after a reconnect, and a message that always fails must not hold
+the connection that carries the uplink. A session that ends gives a handler at work up
+to HANDLER_GRACE_S (2 s) to finish and then leaves it running, unacknowledged: the next
+connection may call the handler (with the same message again) while that one still
+runs, so a handler serialises its own work. Not acknowledging until handled is also
+the flow control: our CONNECT sets Receive Maximum to RECEIVE_MAXIMUM, the most QoS 1
+messages the broker may send us unacknowledged, so a flood of downlinks queues at the
+broker, not in the agent.
+
 When the connection ends for any reason (broker gone, keepalive, a refused publish,
 stop) every row the uplink still holds that no PUBACK covers — in flight, in closed
 batches not yet sent, in open batches — is handed back with one `release` call, in row
@@ -35,7 +53,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,7 +68,13 @@ from .client import MqttClient, records_of
 from .config import UplinkConfig
 from .session import Session
 
-__all__ = ["Uplink", "UplinkState", "UplinkStopped", "records_of"]
+__all__ = ["DownlinkHandler", "Uplink", "UplinkState", "UplinkStopped", "records_of"]
+
+#: Gets each downlink message (topic, payload); returns once it is dealt with durably.
+DownlinkHandler = Callable[[str, bytes], Awaitable[None]]
+
+#: Our CONNECT's Receive Maximum: QoS 1 downlinks the broker may have unacknowledged.
+RECEIVE_MAXIMUM = 16
 
 log = logging.getLogger("kommune.edge.uplink")
 #: paho's own messages (packets at DEBUG, socket errors at ERROR).
@@ -79,6 +103,11 @@ class UplinkState:
     payload_bytes: int = 0
     wire_bytes: int = 0
     last_error: str | None = None
+    #: Downlinks: subscribed on the current connection (SUBACK granted both filters),
+    #: messages handed to the handler, and those whose handler raised.
+    downlink_subscribed: bool = False
+    downlinks_received: int = 0
+    downlink_handler_errors: int = 0
 
 
 class UplinkStopped(RuntimeError):
@@ -89,11 +118,18 @@ class Uplink:
     """Publishes what `source` holds to the broker in `config`; see the module docstring."""
 
     def __init__(
-        self, config: UplinkConfig, source: BatchSource, *, rng: random.Random | None = None
+        self,
+        config: UplinkConfig,
+        source: BatchSource,
+        *,
+        rng: random.Random | None = None,
+        on_downlink: DownlinkHandler | None = None,
     ) -> None:
         self._tls = config.check()
         self.config = config
         self._source = source
+        #: None: no downlink subscription at all.
+        self.on_downlink = on_downlink
         self._backoff = Backoff(config.backoff, rng)
         self._state = UplinkState()
         self._changed: asyncio.Future[None] | None = None
@@ -243,6 +279,7 @@ class Uplink:
         cfg = self.config
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect.SessionExpiryInterval = cfg.session_expiry_s
+        connect.ReceiveMaximum = RECEIVE_MAXIMUM
         client = MqttClient(
             cfg.host,
             cfg.resolved_port,
@@ -260,6 +297,7 @@ class Uplink:
             timeout=cfg.connect_timeout_s,
             max_inflight_messages=cfg.window,
             logger=_paho_log,
+            manual_ack=self.on_downlink is not None,
         )
         client._client.connect_timeout = cfg.connect_timeout_s
         return client
@@ -299,6 +337,7 @@ class Uplink:
             finally:
                 self._session = None
                 st.connected = False
+                st.downlink_subscribed = False
                 self.changed()
             if session.acked or time.monotonic() - started >= self.config.backoff.max_s:
                 self._backoff.reset()

@@ -1,13 +1,16 @@
 """One connection's pump: fill batches from the outbox, publish them within the
 in-flight window, and settle every row when the connection ends (see `mqtt.py`).
 
-Three tasks share the session's state on one event loop: the filler (outbox → batcher
-→ ready batches; it is never cancelled inside an outbox call, it stops at its next safe
-point), the sender (ready batches → PUBLISH, at most `window` waiting for PUBACK; a
-PUBACK hands the rows to the uplink to acknowledge), and the watcher (ends the session
-when the connection drops). `run()` returns when the connection is gone or, when
-draining, once everything held is acknowledged or the drain deadline passed; by then
-every row it held has been acknowledged or handed back for release.
+Three tasks (four with downlinks) share the session's state on one event loop: the
+filler (outbox → batcher → ready batches; it is never cancelled inside an outbox call,
+it stops at its next safe point), the sender (ready batches → PUBLISH, at most `window`
+waiting for PUBACK; a PUBACK hands the rows to the uplink to acknowledge), the watcher
+(ends the session when the connection drops; queues received messages) and, with a
+downlink handler, the downlinks task (subscribes, then hands each message to the
+handler in order; its PUBACK goes once the handler returned, see `mqtt.py`). `run()`
+returns when the connection is gone or, when draining, once everything held is
+acknowledged or the drain deadline passed; by then every row it held has been
+acknowledged or handed back for release.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from kommune.edge.northbound import Priority, Queued
 
@@ -48,6 +52,11 @@ log = logging.getLogger("kommune.edge.uplink")
 PRIORITY_POLL_S = 0.25
 #: How long a clean DISCONNECT may take before the socket is just closed.
 DISCONNECT_TIMEOUT_S = 2.0
+#: At the session's end, how long a downlink handler at work may take to finish (so its
+#: PUBACK still goes out) before it is left to finish on its own.
+HANDLER_GRACE_S = 2.0
+#: How long the broker may take to answer our SUBSCRIBE.
+SUBSCRIBE_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -90,11 +99,19 @@ class Session:
         self.poke = asyncio.Event()  # the filler: stop waiting for rows
         self.filler_wants_room = False
         self._next_id = 0
+        self.inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        #: The downlink handler's run on the current message, while it runs.
+        self.handling: asyncio.Future[None] | None = None
+        #: Disconnecting: no more PUBACKs for downlinks.
+        self.closed = False
 
     # -- the three tasks ---------------------------------------------------------------
 
     async def run(self) -> None:
         watcher = asyncio.create_task(self._watch(), name="kommune-uplink-watch")
+        downlinks = None
+        if self.up.on_downlink is not None:
+            downlinks = asyncio.create_task(self._downlinks(), name="kommune-uplink-downlinks")
         filler = asyncio.create_task(self._fill(), name="kommune-uplink-fill")
         try:
             await self._send(filler)
@@ -105,6 +122,9 @@ class Session:
                 # The filler stops at its next safe point, never inside an outbox call.
                 await asyncio.shield(filler)
             finally:
+                if downlinks is not None:
+                    await self._end_downlinks(downlinks)
+                self.closed = True
                 await self._disconnect()
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -114,10 +134,13 @@ class Session:
 
     async def _watch(self) -> None:
         """Ends the session when the connection drops (aiomqtt's message iterator raises
-        then). Nothing subscribes yet, so no message comes; downlinks would come here."""
+        then); queues each message for the downlinks task."""
         try:
             async for message in self.client.messages:
-                log.debug("uplink: ignoring a message on %s", message.topic)
+                if self.up.on_downlink is None:
+                    log.debug("uplink: ignoring a message on %s", message.topic)
+                else:
+                    self.inbox.put_nowait(message)
         except aiomqtt.MqttError as exc:
             cause = exc.__cause__ or exc
             if isinstance(cause, aiomqtt.MqttCodeError) and cause.rc in (
@@ -128,6 +151,76 @@ class Session:
             else:
                 why = str(cause)
             self._lose(f"connection to {self.up.where} lost: {why}")
+
+    async def _subscribe(self) -> None:
+        """Subscribe to the downlink topics (QoS 1). Retained messages only for a new
+        subscription: a resumed session already had them, and re-sending them on every
+        reconnect would only make "already applied" noise. A refusal is reported; the
+        uplink goes on without downlinks on this connection."""
+        options = SubscribeOptions(
+            qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+        )
+        filters = self.up.config.downlink_filters()
+        try:
+            codes = await self.client.subscribe(
+                [(f, options) for f in filters], timeout=SUBSCRIBE_TIMEOUT_S
+            )
+        except aiomqtt.MqttError as exc:
+            self.up.report_error(f"cannot subscribe to downlinks: {exc}")
+            return
+        refused = [
+            f"{f} ({c})"
+            for f, c in zip(filters, codes, strict=False)
+            if not isinstance(c, ReasonCode) or c.value >= 0x80
+        ]
+        if refused or len(codes) != len(filters):
+            self.up.report_error(f"the broker refused the downlink subscription: {refused}")
+            return
+        self.up.counters.downlink_subscribed = True
+        self.up.changed()
+        log.info("uplink: subscribed to downlinks on %s", ", ".join(filters))
+
+    async def _downlinks(self) -> None:
+        """Hand each message to the handler, one at a time; PUBACK once it returned."""
+        handler = self.up.on_downlink
+        assert handler is not None
+        await self._subscribe()
+        while True:
+            message = await self.inbox.get()
+            payload = message.payload
+            data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+            self.up.counters.downlinks_received += 1
+            handling = asyncio.ensure_future(handler(str(message.topic), data))
+            handling.add_done_callback(functools.partial(self._handled, message))
+            self.handling = handling
+            # Shielded: a session that ends meanwhile never cuts a handler in half.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(handling)
+            self.handling = None
+
+    def _handled(self, message: aiomqtt.Message, handling: asyncio.Future[None]) -> None:
+        """The handler is done with `message`: count a failure, send the PUBACK."""
+        if handling.cancelled():
+            return  # not acknowledged: the broker sends it again on the next connection
+        if (exc := handling.exception()) is not None:
+            self.up.counters.downlink_handler_errors += 1
+            log.error(
+                "uplink: the downlink handler failed on %s (acknowledged all the same)",
+                message.topic,
+                exc_info=exc,
+            )
+        if not self.closed:
+            self.client.ack(message)
+        self.up.changed()
+
+    async def _end_downlinks(self, downlinks: asyncio.Task[None]) -> None:
+        """Let a handler at work finish (for up to HANDLER_GRACE_S; its PUBACK goes out
+        as it finishes), then stop the downlinks task."""
+        if self.handling is not None:
+            await asyncio.wait({self.handling}, timeout=HANDLER_GRACE_S)
+        downlinks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await downlinks
 
     async def _fill(self) -> None:
         try:
