@@ -47,6 +47,23 @@ def test_keygen_never_overwrites_a_key(keys: Path) -> None:
     assert (keys / "downlink-signing.key").read_bytes() == before
 
 
+def test_keygen_makes_a_missing_folder_for_its_owner_only(tmp_path: Path) -> None:
+    folder = tmp_path / "srv" / "keys"
+    proc = _kommune("downlink", "keygen", "--out", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert (folder / "downlink-signing.key").is_file()
+
+
+def test_keygen_refuses_a_file_as_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    proc = _kommune("downlink", "keygen", "--out", str(tmp_path / "f"))
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.decode() == f"kommune downlink: error: --out {tmp_path / 'f'}: not a folder\n"
+    )
+
+
 def test_sign_writes_an_envelope_the_agent_accepts(keys: Path) -> None:
     body = keys / "deny.json"
     body.write_text(json.dumps({"holders": ["h-17"], "epoch": 4}))

@@ -77,9 +77,10 @@ def run_keygen(args: argparse.Namespace) -> int:
     from kommune.edge.downlink.keys import write_pair
 
     folder: Path = args.out
-    if not folder.is_dir():
+    if folder.exists() and not folder.is_dir():
         raise CliError(f"--out {folder}: not a folder")
     try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new one: the owner's only
         private, public = write_pair(folder)
     except FileExistsError as exc:
         raise CliError(f"--out {folder}: a key is there already ({exc}); not overwritten") from exc
