@@ -16,6 +16,8 @@ from outbox_producer import T0_MS, event, stored_rows
 
 from kommune.edge.northbound import Priority
 from kommune.edge.outbox import Outbox
+from kommune.edge.outbox.keys import decode
+from kommune.edge.outbox.schema import SCHEMA_VERSION
 
 BUDGET = 64 << 20
 WINDOW_S = 600
@@ -45,9 +47,10 @@ def keys(path: Path) -> list[tuple[str, int]]:
 
 
 def recent_keys(path: Path) -> int:
+    """Keys in the dedup table (it holds them as runs, each counting its live keys)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return int(conn.execute("SELECT count(*) FROM recent").fetchone()[0])
+        return int(conn.execute("SELECT coalesce(sum(live), 0) FROM recent").fetchone()[0])
     finally:
         conn.close()
 
@@ -190,7 +193,7 @@ async def test_keys_held_back_from_the_dedup_table_still_count_after_a_restart(
         await outbox.append([event("bay-3/occupancy", s) for s in range(11, 14)])
         assert recent_keys(path) == 10
         # Gone as if killed: a clean close would write the held-back keys first.
-        outbox._store._pending.clear()
+        outbox._store._held.take()
     assert recent_keys(path) == 10
     # They are read back from their rows.
     clock.advance(60)
@@ -200,19 +203,82 @@ async def test_keys_held_back_from_the_dedup_table_still_count_after_a_restart(
     assert recent_keys(path) == 14  # a clean close writes them
 
 
+def as_old_version(path: Path, version: int, *, keep_keys_through: bool) -> None:
+    """Rewrite a closed outbox file as an older agent left it: `recent` with one key per
+    row (versions 1 and 2), and for version 1 no `meta.keys_through`."""
+    conn = sqlite3.connect(path)
+    runs = conn.execute("SELECT stream_id, first_seq, base_ms, keys FROM recent").fetchall()
+    conn.execute("DROP TABLE recent")
+    conn.execute(
+        "CREATE TABLE recent (stream_id INTEGER NOT NULL, source_seq INTEGER NOT NULL,"
+        " seen_ms INTEGER NOT NULL, digest INTEGER NOT NULL,"
+        " PRIMARY KEY (stream_id, source_seq)) WITHOUT ROWID"
+    )
+    for stream_id, first_seq, base_ms, blob in runs:
+        conn.executemany(
+            "INSERT INTO recent VALUES (?, ?, ?, ?)",
+            [
+                (stream_id, seq, seen, digest)
+                for seq, (seen, digest) in decode(first_seq, base_ms, blob).items()
+            ],
+        )
+    if not keep_keys_through:
+        conn.execute("DELETE FROM meta WHERE key = 'keys_through'")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
 async def test_a_version_1_outbox_is_upgraded_in_place(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "o.db"
     async with await open_outbox(path, clock) as outbox:
         await outbox.append([event("bay-4/occupancy", s) for s in range(1, 4)])
         await outbox.maintain()
-    conn = sqlite3.connect(path)
-    conn.execute("DELETE FROM meta WHERE key = 'keys_through'")
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
+    as_old_version(path, 1, keep_keys_through=False)
     async with await open_outbox(path, clock) as outbox:
         assert outbox.kept_aside is None
         assert await outbox.append([event("bay-4/occupancy", s) for s in (3, 4)]) == [None, 4]
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert user_version(path) == SCHEMA_VERSION
+
+
+async def test_a_version_2_outbox_is_upgraded_in_place_keys_held_back_included(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "o.db"
+    async with await open_outbox(path, clock) as outbox:
+        await outbox.append([event("bay-5/occupancy", s) for s in range(1, 6)])
+        await outbox.append([event("lamp-5/energy", s) for s in (1, 2, 4, 5, 9)])
+        await outbox.maintain()
+        await outbox.append([event("bay-5/occupancy", s) for s in range(6, 9)])
+        # Killed: the last append's keys are only in its rows (above keys_through).
+        outbox._store._held.take()
+    as_old_version(path, 2, keep_keys_through=True)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM recent").fetchone()[0] == 10
     conn.close()
+    clock.advance(60)
+    async with await open_outbox(path, clock) as outbox:
+        assert outbox.kept_aside is None
+        assert await outbox.append([event("bay-5/occupancy", s) for s in (2, 7, 9)]) == [
+            None,
+            None,
+            9,
+        ]
+        assert await outbox.append([event("lamp-5/energy", s) for s in (3, 4, 9)]) == [
+            6,
+            None,
+            None,
+        ]
+        # A reused number with other content is still a new event after the upgrade.
+        assert await outbox.append([event("bay-5/occupancy", 3, 999)]) == [10]
+    assert user_version(path) == SCHEMA_VERSION
+    # A clean close writes them all: 10 + bay 6-8 + bay 9 + lamp 3 (bay 3 replaced).
+    assert recent_keys(path) == 15

@@ -8,8 +8,12 @@ timestamps), half street lamps (`energy`, a Wh meter reading every ~15 minutes).
 * raw_sqlite_rows_per_s: the physical limit of this disk for the outbox's rows. One
   table with the outbox's event columns (schema.EVENT_COLUMNS: row id, stream id, seq,
   source seq, time, added time, name, kind, value, unit), WAL, synchronous=FULL, the
-  same rows the ingest stores (built beforehand) inserted with executemany in
-  transactions of 1,000 rows. No dedup table, no application.
+  same rows the ingest stores (built beforehand) in transactions of 1,000 rows, inserted
+  two ways: executemany, and multi-row `INSERT ... VALUES (...), (...)` statements of 100
+  rows (what the outbox itself does). The figure is the faster of the two, so the
+  reference is the best this disk and SQLite do, not a method the outbox beats; both are
+  reported (raw_sqlite_executemany_rows_per_s, raw_sqlite_multirow_rows_per_s). No dedup
+  table, no application.
 * ingest_events_per_s: `Outbox.append` with ack-after-commit (each awaited append
   returns once its COMMIT, synchronous=FULL, has): one producer per stream, all at once,
   each appending lists of 1-10 events (group commit merges them). The events are built
@@ -65,6 +69,8 @@ BASELINE_EVENTS: Final = 20_000
 WIRE_EVENTS: Final = 100_000
 STREAMS: Final = 200
 RAW_BATCH: Final = 1_000
+#: Rows per statement of the multi-row INSERT reference (the outbox uses up to 100 too).
+RAW_MULTIROW: Final = 100
 #: Raw SQLite and ingest are measured this many times, in turns; the medians count.
 ROUNDS: Final = 3
 LARGE_LIST: Final = 1_000
@@ -130,8 +136,9 @@ def small_lists(events: Sequence[Event], seed: int = 11) -> dict[str, list[list[
 # -- the references and the outbox -----------------------------------------------------
 
 
-def raw_sqlite_rows_per_s(path: Path, events: Sequence[Event]) -> float:
-    """The outbox's rows for `events`, inserted with no application around them."""
+def raw_sqlite_rows_per_s(path: Path, events: Sequence[Event], *, multirow: bool) -> float:
+    """The outbox's rows for `events`, inserted with no application around them: with
+    executemany, or (`multirow`) in statements of RAW_MULTIROW rows each."""
     ids: dict[str, int] = {}
     seqs: dict[str, int] = {}
     added_ms = int(time.time() * 1000)
@@ -159,11 +166,24 @@ def raw_sqlite_rows_per_s(path: Path, events: Sequence[Event]) -> float:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"CREATE TABLE events {EVENT_COLUMNS}")
-        insert = f"INSERT INTO events {INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        insert = f"INSERT INTO events {INSERT_COLUMNS} VALUES {one}"
+        many = f"INSERT INTO events {INSERT_COLUMNS} VALUES " + ", ".join([one] * RAW_MULTIROW)
+        flat = [value for row in rows for value in row] if multirow else []
+        width = len(rows[0]) if rows else 0
         start = time.perf_counter()
         for at in range(0, len(rows), RAW_BATCH):
             conn.execute("BEGIN")
-            conn.executemany(insert, rows[at : at + RAW_BATCH])
+            batch = rows[at : at + RAW_BATCH]
+            if not multirow:
+                conn.executemany(insert, batch)
+            else:
+                end = at + len(batch)
+                whole = at + (len(batch) // RAW_MULTIROW) * RAW_MULTIROW
+                for first in range(at, whole, RAW_MULTIROW):
+                    conn.execute(many, flat[first * width : (first + RAW_MULTIROW) * width])
+                if whole < end:
+                    conn.executemany(insert, rows[whole:end])
             conn.execute("COMMIT")
         elapsed = time.perf_counter() - start
     finally:
@@ -384,19 +404,31 @@ async def _with_site_events(workdir: Path, mqtt: broker.Broker, events: int) -> 
     producers = list(small_lists(site).values())
     large = [site[at : at + LARGE_LIST] for at in range(0, len(site), LARGE_LIST)]
     large_producers = [large[p::LARGE_PRODUCERS] for p in range(LARGE_PRODUCERS)]
-    raws, ingests, ingests_large = [], [], []
-    # Taken in turns, a median of each: a neighbour's load spreads over all three.
-    for _ in range(ROUNDS):
-        raws.append(raw_sqlite_rows_per_s(_fresh(workdir / "raw.db"), site))
-        ingests.append(await ingest_events_per_s(_fresh(workdir / "ingest.db"), producers))
-        ingests_large.append(
-            await ingest_events_per_s(_fresh(workdir / "ingest.db"), large_producers)
-        )
-    raw, ingest = statistics.median(raws), statistics.median(ingests)
+    # The bench holds every event built beforehand (an agent holds a few in flight):
+    # out of the collector's way, so that neither side pays for walking them.
+    gc.collect()
+    gc.freeze()
+    try:
+        raws_many, raws_multi, ingests, ingests_large = [], [], [], []
+        # Taken in turns, a median of each: a neighbour's load spreads over all of them.
+        for _ in range(ROUNDS):
+            raw_db = workdir / "raw.db"
+            raws_many.append(raw_sqlite_rows_per_s(_fresh(raw_db), site, multirow=False))
+            raws_multi.append(raw_sqlite_rows_per_s(_fresh(raw_db), site, multirow=True))
+            ingests.append(await ingest_events_per_s(_fresh(workdir / "ingest.db"), producers))
+            ingests_large.append(
+                await ingest_events_per_s(_fresh(workdir / "ingest.db"), large_producers)
+            )
+    finally:
+        gc.unfreeze()
+    raw_many, raw_multi = statistics.median(raws_many), statistics.median(raws_multi)
+    raw, ingest = max(raw_many, raw_multi), statistics.median(ingests)
     ingest_large = statistics.median(ingests_large)
     results: Metrics = {
         "ingest_events_per_s": round(ingest),
         "raw_sqlite_rows_per_s": round(raw),
+        "raw_sqlite_executemany_rows_per_s": round(raw_many),
+        "raw_sqlite_multirow_rows_per_s": round(raw_multi),
         "ingest_fraction_of_raw": round(ingest / raw, 3),
         "ingest_large_lists_events_per_s": round(ingest_large),
     }
@@ -429,7 +461,11 @@ SUITE = Suite(
                 float(r["ingest_events_per_s"]) >= 0.5 * float(r["raw_sqlite_rows_per_s"])
             ),
         ),
-        Metric("raw_sqlite_rows_per_s", "raw SQLite, WAL + FULL, 1,000-row commits", "rows/s"),
+        Metric(
+            "raw_sqlite_rows_per_s", "raw SQLite, WAL + FULL, 1,000-row commits (best)", "rows/s"
+        ),
+        Metric("raw_sqlite_executemany_rows_per_s", "  of it: executemany", "rows/s"),
+        Metric("raw_sqlite_multirow_rows_per_s", "  of it: 100-row INSERT statements", "rows/s"),
         Metric(
             "ingest_fraction_of_raw",
             "ingest / raw SQLite",

@@ -13,6 +13,12 @@ with OutboxFull), a corrupt file kept aside. The uplink reads it through
     batch = await outbox.next_batch(Priority.AUDIT, 100)
     await outbox.acknowledge(batch)           # after PUBACK
     await outbox.aclose()
+
+Where things are: `outbox` (the asyncio side: producers, the uplink's batches, group
+commit), `store` (one transaction on the SQLite thread: maintenance, acknowledgements,
+closing), `append` (the append path: checks, duplicates, seqs, rows, room), `held` and
+`keys` (dedup keys: held back in their rows, then runs in `recent`), `txn` (the
+bookkeeping a transaction changes), `schema`, `budget`, `recovery` (opening safely).
 """
 
 from kommune.edge.outbox.budget import Quota

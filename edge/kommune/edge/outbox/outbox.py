@@ -34,7 +34,6 @@ from kommune.edge.northbound import Event, Priority, Queued
 from kommune.edge.outbox.budget import DiskBudget, EvictionLog, Quota, check_quotas
 from kommune.edge.outbox.errors import OutboxClosed, OutboxError, OutboxFull
 from kommune.edge.outbox.recovery import KeptAside, sidecars
-from kommune.edge.outbox.schema import EventChecker
 from kommune.edge.outbox.store import CommitResult, Store
 
 log = logging.getLogger(__name__)
@@ -90,17 +89,21 @@ class OutboxStats:
     commits: int = 0
 
 
-@dataclass(eq=False)
 class _Job:
     """An append (events) or an acknowledgement (acks) waiting for the writer."""
 
-    future: asyncio.Future[list[int | None]]
-    events: Sequence[Event] = ()
-    acks: Sequence[Queued] = ()
+    __slots__ = ("acks", "events", "future", "rows")
 
-    @property
-    def rows(self) -> int:
-        return len(self.events) + len(self.acks)
+    def __init__(
+        self,
+        future: asyncio.Future[list[int | None]],
+        events: Sequence[Event] = (),
+        acks: Sequence[Queued] = (),
+    ) -> None:
+        self.future = future
+        self.events = events
+        self.acks = acks
+        self.rows = len(events) + len(acks)
 
 
 class Outbox:
@@ -122,9 +125,9 @@ class Outbox:
         self._rows: dict[Priority, int] = store.rows
         self._used_bytes = store.last_used_bytes
         self._jobs: deque[_Job] = deque()
-        self._checker = EventChecker()
         self._taken: list[_Job] = []  # the jobs of the commit under way
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         # The uplink's side: handed out and not yet acknowledged or released (row ids),
         # given back (oldest first), and how far each class has been read from the file.
         self._in_flight: dict[Priority, set[int]] = {p: set() for p in Priority}
@@ -209,16 +212,18 @@ class Outbox:
         even after evicting what its class may evict; the producer must then not
         acknowledge its node. ValueError/TypeError for a malformed event.
         """
+        # Checked by the writer, in the same pass that stores them (a malformed event
+        # refuses its append with ValueError or TypeError, and nothing of it is stored).
         events = tuple(events)
-        self._checker.check(events)
         if self._closing:
             raise OutboxClosed(f"{self.path}: the outbox is closed")
         if not events:
             return []
-        job = _Job(asyncio.get_running_loop().create_future(), events=events)
-        self._jobs.append(job)
-        self._wake.set()
-        return await job.future
+        future: asyncio.Future[list[int | None]] = self._loop.create_future()
+        self._jobs.append(_Job(future, events))
+        if not self._wake.is_set():
+            self._wake.set()
+        return await future
 
     # -- the uplink (BatchSource) -----------------------------------------------------
 
@@ -403,7 +408,7 @@ class Outbox:
 
     async def _commit(self, jobs: list[_Job], *, maintain: bool) -> None:
         appends = [job for job in jobs if job.events]
-        acks = [job for job in jobs if job.acks]
+        acks = [job for job in jobs if job.acks] if len(appends) < len(jobs) else []
         try:
             result = await self._in_thread(
                 self._store.commit,
@@ -421,22 +426,24 @@ class Outbox:
                     job.future.set_exception(failure)
             return
         self._apply(result)
+        self.stats.appended += result.stored
+        self.stats.duplicates += result.duplicates
         for job, outcome in zip(appends, result.appended, strict=True):
-            if isinstance(outcome, OutboxFull):
-                self.stats.refused += len(job.events)
-                if not job.future.done():
-                    job.future.set_exception(outcome)
-                continue
-            stored = sum(1 for seq in outcome if seq is not None)
-            self.stats.appended += stored
-            self.stats.duplicates += len(outcome) - stored
-            if not job.future.done():
-                job.future.set_result(outcome)
+            future = job.future
+            if isinstance(outcome, Exception):
+                if isinstance(outcome, OutboxFull):
+                    self.stats.refused += len(job.events)
+                if not future.done():
+                    future.set_exception(outcome)
+            elif not future.done():
+                future.set_result(outcome)
         for job in jobs:
             if job.acks:
                 for row in job.acks:
                     self._forget(row.event.priority, row.row_id)
-            if not job.future.done():
+                if not job.future.done():
+                    job.future.set_result([])
+            elif not job.events and not job.future.done():
                 job.future.set_result([])
         self._refresh_ready()
 

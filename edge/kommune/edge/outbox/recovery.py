@@ -17,6 +17,7 @@ from typing import Final, TypeVar
 
 from kommune.edge import pidlock
 from kommune.edge.outbox.errors import OutboxError, OutboxInUse, OutboxSchemaError
+from kommune.edge.outbox.keys import upgrade_recent
 from kommune.edge.outbox.schema import (
     DDL,
     EXPECTED_TABLES,
@@ -215,6 +216,8 @@ def _prepare(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version in UPGRADABLE_VERSIONS:
             # 1 -> 2: the same tables; no meta.keys_through means every key is in `recent`.
+            # 2 -> 3: `recent` as runs of keys.
+            upgrade_recent(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -11,7 +11,10 @@ per-stream sequence of the idempotency key (agent, stream, seq)). `recent` remem
 the (stream, source_seq) of events committed within the dedup window, with a digest of
 their content, so a retransmission is recognised after its row has left. Since version 2
 the keys of the newest rows (above `meta.keys_through`) are written to it in bulk, after
-their rows; until then the rows themselves hold them (`store.Store` says when).
+their rows; until then the rows themselves hold them (`store.Store` says when). Since
+version 3 it holds runs of consecutive source_seqs, one row per run (`keys`), and
+`streams.last_seq` is written with the keys too: the rows above `keys_through` may have
+higher seqs, and opening the file takes them into account.
 """
 
 from __future__ import annotations
@@ -19,19 +22,21 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Sequence
 from typing import Final
 
 from kommune.edge.northbound import STREAM_PATTERN, Event, Priority, Value
+from kommune.edge.outbox.keys import RECENT_DDL
 
 #: PRAGMA user_version of the layout below. Version 0 is an empty (new) file. Version 2
 #: has the tables of version 1; `recent` may lag behind the event tables, and
 #: `meta.keys_through` says how far it has every key (see `store.Store`): an agent that
 #: knows only version 1 would miss the keys held back, so it must not open a version 2
-#: file. A version 1 file is upgraded in place (its `recent` has every key).
-SCHEMA_VERSION: Final = 2
+#: file. Version 3 stores `recent` as runs (`keys.RECENT_DDL`), which an agent of
+#: version 2 could not read. Files of versions 1 and 2 are upgraded in place (version
+#: 1's `recent` has every key; both hold one key per row, converted to runs).
+SCHEMA_VERSION: Final = 3
 #: Versions this code opens and upgrades to SCHEMA_VERSION.
-UPGRADABLE_VERSIONS: Final = frozenset({1})
+UPGRADABLE_VERSIONS: Final = frozenset({1, 2})
 
 #: The table that holds each class's rows.
 TABLES: Final = {
@@ -60,13 +65,10 @@ DDL: Final = (
     "CREATE TABLE streams ("
     " stream_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, last_seq INTEGER NOT NULL)",
     *(f"CREATE TABLE {table} {EVENT_COLUMNS}" for table in TABLES.values()),
-    "CREATE TABLE recent ("
-    " stream_id INTEGER NOT NULL, source_seq INTEGER NOT NULL,"
-    " seen_ms INTEGER NOT NULL, digest INTEGER NOT NULL,"
-    " PRIMARY KEY (stream_id, source_seq)) WITHOUT ROWID",
+    RECENT_DDL,
 )
 
-#: Every table versions 1 and 2 have; an outbox file without them is not ours.
+#: Every table versions 1 to 3 have; an outbox file without them is not ours.
 EXPECTED_TABLES: Final = frozenset({"meta", "streams", "recent", *TABLES.values()})
 
 INSERT_COLUMNS: Final = (
@@ -192,41 +194,3 @@ def check_event(event: Event) -> None:
         _check_text(event.stream, "value", value)
     elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{event.stream}: value {value} does not fit 64 bits")
-
-
-class EventChecker:
-    """`check_event` for many events, fast for the usual ones: the text of an event's
-    (stream, class, name, unit) is checked once and remembered (a bounded set), so most
-    events cost a few type and range checks."""
-
-    def __init__(self, max_known: int = 4096) -> None:
-        self._known: set[tuple[object, object, object, object]] = set()
-        self._max_known = max_known
-
-    def check(self, events: Sequence[Event]) -> None:
-        """Raise ValueError or TypeError for the first event the outbox must refuse."""
-        known = self._known
-        for event in events:
-            if type(event) is Event:
-                head = (event.stream, event.priority, event.name, event.unit)
-                value = event.value
-                if (
-                    head in known
-                    and type(event.priority) is Priority
-                    and type(event.source_seq) is int
-                    and type(event.time_ms) is int
-                    and INT64_MIN <= event.source_seq <= INT64_MAX
-                    and INT64_MIN <= event.time_ms <= INT64_MAX
-                    and (
-                        type(value) is float
-                        or type(value) is bool
-                        or (type(value) is int and INT64_MIN <= value <= INT64_MAX)
-                    )
-                ):
-                    continue
-                check_event(event)
-                if len(known) >= self._max_known:
-                    known.clear()
-                known.add(head)
-            else:
-                check_event(event)

@@ -1,12 +1,12 @@
 """The outbox's database, one transaction at a time (blocking: it runs on one thread).
 
 `Store.commit` is one group commit: maintenance that is due (expiry by age, pruning the
-dedup table), the acknowledgements, then each append in turn — duplicates recognised,
-quotas and the disk budget enforced (evicting what may be evicted, or refusing the
-append whole), sequence numbers assigned — and one COMMIT, which with WAL and
-synchronous=FULL returns only once the log is on disk. What the caller learns (sequence
-numbers, evictions, row counts) is only true once that COMMIT has returned; if anything
-fails the transaction is rolled back and the store's own bookkeeping with it.
+dedup table), the acknowledgements, then each append in turn (`append.AppendPath`:
+duplicates recognised, quotas and the disk budget enforced, sequence numbers assigned)
+and one COMMIT, which with WAL and synchronous=FULL returns only once the log is on disk.
+What the caller learns (sequence numbers, evictions, row counts) is only true once that
+COMMIT has returned; if anything fails the transaction is rolled back and the store's
+own bookkeeping with it.
 """
 
 from __future__ import annotations
@@ -15,151 +15,45 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from kommune.edge.northbound import Event, Priority, Queued
-from kommune.edge.outbox.budget import (
-    AGE,
-    BUDGET,
-    EVICTABLE_FOR,
-    QUOTA,
-    ROW_OVERHEAD_BYTES,
-    DiskBudget,
-    Quota,
-)
-from kommune.edge.outbox.errors import OutboxError, OutboxFull
+from kommune.edge.outbox.append import AppendPath
+from kommune.edge.outbox.budget import AGE, DiskBudget, Quota
+from kommune.edge.outbox.errors import OutboxError
+from kommune.edge.outbox.held import Digests, HeldRows
+from kommune.edge.outbox.keys import RecentKeys
 from kommune.edge.outbox.recovery import FileLock, KeptAside, open_database, sidecars
-from kommune.edge.outbox.schema import (
-    INSERT_COLUMNS,
-    KIND_BOOL,
-    KIND_BYTES,
-    KIND_STR,
-    KINDS,
-    SELECT_COLUMNS,
-    TABLES,
-    head_digest,
-    loaded_value,
-    value_digest,
-    value_kind,
-)
+from kommune.edge.outbox.schema import SELECT_COLUMNS, TABLES, loaded_value
+from kommune.edge.outbox.txn import CommitResult, Eviction, Row, State, Stream, Txn, Undo
+
+__all__ = ["CommitResult", "Eviction", "Store"]
 
 log = logging.getLogger(__name__)
 
 #: Expiry by age runs at most this often (outbox clock).
 EXPIRY_INTERVAL_MS: Final = 1_000
-#: The fewest rows one eviction step removes (then the pages in use are measured again).
-MIN_EVICTION_ROWS: Final = 16
-#: A row's share of the pages its eviction frees, for sizing one eviction step.
-ROW_GUESS_BYTES: Final = 48
-#: Digest heads kept (one per class, name, unit and kind in use; a few dozen in practice).
-MAX_CACHED_HEADS: Final = 4096
 #: Dedup keys held back from `recent` before a group commit writes them (see `Store`).
 FLUSH_KEYS: Final = 32_768
-#: What a held-back key will take in `recent` (for the budget estimate; ~25 measured).
-KEY_GUESS_BYTES: Final = 40
 
-
-@dataclass(frozen=True)
-class Eviction:
-    """Rows that left without reaching the uplink: every row of `priority` with a row id
-    up to `through_row_id` is gone (eviction and expiry always take the oldest)."""
-
-    priority: Priority
-    reason: str
-    rows: int
-    through_row_id: int
-    #: For the log: how full the outbox was, or how old the rows were.
-    detail: str
-
-
-@dataclass
-class CommitResult:
-    """What one group commit did; true once it has returned."""
-
-    #: Per append, in order: the seq given to each event (None: a duplicate), or the
-    #: OutboxFull that refused the whole append.
-    appended: list[list[int | None] | OutboxFull] = field(default_factory=list)
-    #: Rows deleted by acknowledgements.
-    acknowledged: int = 0
-    evictions: list[Eviction] = field(default_factory=list)
-    #: Rows queued per class, and the database's pages in use (bytes), after the commit.
-    rows: dict[Priority, int] = field(default_factory=dict)
-    used_bytes: int = 0
-    #: Whether a transaction was written at all (an idle maintenance pass may not).
-    wrote: bool = False
-
-
-@dataclass
-class _Stream:
-    stream_id: int
-    last_seq: int
-    #: Bounds of the source_seqs this stream has in `recent` (None: it has none). An event
-    #: outside them cannot be a duplicate, so most appends never look `recent` up.
-    low: int | None = None
-    high: int | None = None
-
-
-@dataclass
-class _State:
-    """The store's bookkeeping that a transaction changes."""
-
-    last_row_id: int
-    last_added_ms: int
-    rows: dict[Priority, int]
-    streams: dict[str, _Stream]
-
-
-@dataclass
-class _Undo:
-    """What a transaction changed in `_State`, to put back if it rolls back."""
-
-    last_row_id: int
-    rows: dict[Priority, int]
-    #: A stream's (last_seq, low, high) before its first change; None: created in it.
-    streams: dict[str, tuple[int, int | None, int | None] | None] = field(default_factory=dict)
-
-
-_INSERT_SQL: Final = {
-    priority: f"INSERT INTO {table} {INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    for priority, table in TABLES.items()
-}
-_RECENT_SQL: Final = (
-    "INSERT OR REPLACE INTO recent (stream_id, source_seq, seen_ms, digest) VALUES (?, ?, ?, ?)"
+_ROW_COLUMNS: Final = (
+    "row_id, stream_id, seq, source_seq, time_ms, added_ms, name, kind, value, unit"
 )
 
 
-@dataclass
-class _Txn:
-    """The appends of one group commit so far: rows and dedup keys not yet inserted, and
-    the estimated pages in use (bytes) once they are."""
-
-    used_bytes: int
-    rows: dict[Priority, list[tuple[object, ...]]] = field(
-        default_factory=lambda: {p: [] for p in Priority}
-    )
-    keys: list[tuple[int, int, int, int]] = field(default_factory=list)
-    #: Keys stored earlier in this transaction, with their digests.
-    digests: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: Whether this transaction wrote the held-back keys to `recent`, and through which
-    #: row id every key is there once it commits.
-    flushed: bool = False
-    keys_through: int = 0
-
-
-class Store:
+class Store(AppendPath):
     """One outbox database and the connection to it. Not thread-safe: every call must come
     from the thread that called `open` (the outbox's SQLite thread).
 
     Dedup keys reach `recent` in bulk, not with their rows: `recent` is ordered by
     (stream, source_seq), so a group commit of a few hundred streams would dirty a page
     per stream for its keys, several times what its rows cost (append-only, by row id).
-    The keys of rows above `meta.keys_through` are held in memory (`_pending`) and
-    written together once FLUSH_KEYS of them gather, when the writer is idle, and
-    before anything deletes rows (acknowledgements, eviction, expiry, pruning). They
-    are as durable as their rows: those rows are in the event tables, committed, and
-    `open` reads their keys back from there.
+    The rows above `meta.keys_through` are their own keys, held in memory (`_held`), and
+    written together as runs (`keys`) once FLUSH_KEYS of them gather, when the writer
+    is idle, and before anything deletes rows (acknowledgements, eviction, expiry,
+    pruning). They are as durable as their rows: those rows are in the event tables,
+    committed, and `open` reads them back from there.
     """
 
     def __init__(
@@ -192,19 +86,26 @@ class Store:
         conn.execute(f"PRAGMA journal_size_limit = {self.budget.wal_pages * self.page_size}")
         self._wal_path = sidecars(path)[0]
         self._names: dict[int, str] = {}
-        #: Keys committed and not yet in `recent`: (stream_id, source_seq) -> (seen_ms,
-        #: digest), the keys of the rows with row ids above `_keys_through`.
-        self._pending: dict[tuple[int, int], tuple[int, int]] = {}
+        #: The rows above `_keys_through`: committed, their keys not yet in `recent`.
+        self._held = HeldRows()
+        #: Streams whose `last_seq` in the database may be behind (see `_flush_keys`).
+        self._dirty: set[str] = set()
         self._keys_through = 0
-        self._txn = _Txn(0)
+        self._txn = Txn(0)
+        self._digests = Digests()
+        self._checked_texts: set[tuple[str, str | None]] = set()
+        self._audit_max = quotas[Priority.AUDIT].max_rows
+        self._data_budget_bytes = self.budget.data_budget_bytes
+        self._quota_classes = frozenset(
+            p for p, quota in quotas.items() if p is not Priority.AUDIT and quota.max_rows
+        )
+        self._recent = RecentKeys(conn)
         self._state = self._load()
         #: Pages in use (bytes) after the last commit.
         self.last_used_bytes = self.used_bytes()
         self._last_expiry_ms = -(2**62)
         self._last_prune_ms = self._state.last_added_ms
-        self._undo = _Undo(0, {})
-        #: CRC-32 of (class, name, unit, kind), the part of a digest most events share.
-        self._digests: dict[tuple[Priority, str, str | None, int], int] = {}
+        self._undo = Undo(0, {})
         self._closed = False
 
     @classmethod
@@ -243,7 +144,7 @@ class Store:
             lock.release()
             raise
 
-    def _load(self) -> _State:
+    def _load(self) -> State:
         conn = self._conn
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         known_agent = meta.get("agent")
@@ -270,56 +171,40 @@ class Store:
             if newest is not None:
                 last_row_id = max(last_row_id, newest[0])
                 last_added_ms = max(last_added_ms, newest[1])
-        streams: dict[str, _Stream] = {}
-        by_id: dict[int, _Stream] = {}
+        streams: dict[str, Stream] = {}
+        by_id: dict[int, Stream] = {}
         for stream_id, name, last_seq in conn.execute(
             "SELECT stream_id, name, last_seq FROM streams"
         ):
-            streams[name] = by_id[stream_id] = _Stream(stream_id, last_seq)
+            streams[name] = by_id[stream_id] = Stream(stream_id, last_seq)
             self._names[stream_id] = name
         for stream in streams.values():
             self._measure_range(stream)
         # Version 1 wrote every key with its row: all of them are in `recent`.
         self._keys_through = int(meta.get("keys_through", last_row_id))
         self._load_pending(by_id)
-        return _State(last_row_id, last_added_ms, rows, streams)
+        return State(last_row_id, last_added_ms, rows, streams)
 
-    def _load_pending(self, streams: Mapping[int, _Stream]) -> None:
-        """The keys of the rows committed after the last flush, from the rows themselves."""
-        found: list[tuple[int, int, int, int, int]] = []
+    def _load_pending(self, streams: Mapping[int, Stream]) -> None:
+        """The rows committed after the last flush of keys: held, as they were."""
         for priority, table in TABLES.items():
-            for (
-                row_id,
-                stream_id,
-                source_seq,
-                added_ms,
-                name,
-                kind,
-                value,
-                unit,
-            ) in self._conn.execute(
-                f"SELECT row_id, stream_id, source_seq, added_ms, name, kind, value, unit "
-                f"FROM {table} WHERE row_id > ?",
+            rows: list[Row] = self._conn.execute(
+                f"SELECT {_ROW_COLUMNS} FROM {table} WHERE row_id > ? ORDER BY row_id",
                 (self._keys_through,),
-            ):
-                head = head_digest(priority, name, unit, kind)
-                try:
-                    digest = value_digest(loaded_value(kind, value), head)
-                except ValueError:  # a row that cannot be read back is not a duplicate either
-                    continue
-                found.append((row_id, stream_id, source_seq, added_ms, digest))
-        found.sort()
-        for _, stream_id, source_seq, added_ms, digest in found:
-            self._pending[(stream_id, source_seq)] = (added_ms, digest)
-            stream = streams[stream_id]
-            stream.low = source_seq if stream.low is None else min(stream.low, source_seq)
-            stream.high = source_seq if stream.high is None else max(stream.high, source_seq)
+            ).fetchall()
+            self._held.add(priority, rows)
+            for row in rows:
+                stream = streams[row[1]]
+                # `streams.last_seq` is written with the keys (`_flush_keys`).
+                stream.last_seq = max(stream.last_seq, row[2])
+                source_seq = row[3]
+                if stream.low is None or source_seq < stream.low:
+                    stream.low = source_seq
+                if stream.high is None or source_seq > stream.high:
+                    stream.high = source_seq
 
-    def _measure_range(self, stream: _Stream) -> None:
-        stream.low, stream.high = self._conn.execute(
-            "SELECT min(source_seq), max(source_seq) FROM recent WHERE stream_id = ?",
-            (stream.stream_id,),
-        ).fetchone()
+    def _measure_range(self, stream: Stream) -> None:
+        stream.low, stream.high = self._recent.bounds(stream.stream_id)
 
     # -- what the outbox asks -------------------------------------------------------
 
@@ -374,12 +259,13 @@ class Store:
         expiry_due = expiry_due and any(q.max_age_s is not None for q in self.quotas.values())
         prune_due = maintain or now_ms - self._last_prune_ms >= self.dedup_window_ms // 10
         idle = not appends and not acks
-        if idle and not expiry_due and not prune_due and not self._pending:
+        if idle and not expiry_due and not prune_due and not self._held.count:
             result.rows = self.rows
             result.used_bytes = self.last_used_bytes
             return result
-        self._undo = _Undo(self._state.last_row_id, dict(self._state.rows))
-        txn = self._txn = _Txn(0)
+        self._undo = Undo(self._state.last_row_id, dict(self._state.rows))
+        txn = self._txn = Txn(0)
+        self._held.new_txn()
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -393,17 +279,8 @@ class Store:
                 result.acknowledged += self._delete(rows)
             if appends:
                 self._append_all(appends, now_ms, result)
-                if len(self._pending) + len(txn.keys) >= FLUSH_KEYS:
+                if self._held.count + sum(map(len, txn.rows.values())) >= FLUSH_KEYS:
                     self._flush_keys()
-            streams = self._state.streams
-            conn.executemany(
-                "UPDATE streams SET last_seq = ? WHERE stream_id = ?",
-                [
-                    (streams[name].last_seq, streams[name].stream_id)
-                    for name, before in self._undo.streams.items()
-                    if before is None or before[0] != streams[name].last_seq
-                ],
-            )
             if self._state.last_row_id != self._undo.last_row_id:
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_row_id', ?)",
@@ -414,12 +291,14 @@ class Store:
             self._rollback()
             raise
         # Committed: from here on nothing may fail the commit (its appends are durable).
-        pending = self._pending
+        held = self._held
         if txn.flushed:
-            pending.clear()
             self._keys_through = txn.keys_through
-        for stream_id, source_seq, seen_ms, digest in txn.keys:
-            pending[(stream_id, source_seq)] = (seen_ms, digest)
+            self._dirty = set(self._undo.streams)  # some may have changed after the flush
+        else:
+            self._dirty.update(self._undo.streams)
+        for priority, new_rows in txn.rows.items():
+            held.add(priority, new_rows)
         if expiry_due:
             self._last_expiry_ms = now_ms
         if prune_due:
@@ -441,7 +320,7 @@ class Store:
         if self._closed:
             return
         try:
-            if self._pending:
+            if self._held.count:
                 self.commit([], [])
         except sqlite3.Error as error:  # they are read back from their rows at open
             log.warning("outbox: %s: writing the dedup keys at close: %s", self.path, error)
@@ -453,7 +332,7 @@ class Store:
 
     # -- inside a transaction -------------------------------------------------------
 
-    def _touch(self, name: str, stream: _Stream) -> None:
+    def _touch(self, name: str, stream: Stream) -> None:
         """Note `stream`'s state before this transaction first changes it."""
         if name not in self._undo.streams:
             self._undo.streams[name] = (stream.last_seq, stream.low, stream.high)
@@ -466,6 +345,9 @@ class Store:
         finally:
             undo = self._undo
             state = self._state
+            if self._txn.taken is not None:
+                self._held.put_back(self._txn.taken)
+            self._held.forget_index()
             state.last_row_id = undo.last_row_id
             state.rows = undo.rows
             for name, before in undo.streams.items():
@@ -517,10 +399,11 @@ class Store:
         again), and the keys would otherwise hold space eviction cannot free."""
         table = TABLES[priority]
         self._flush_keys()
-        self._conn.execute(
-            "DELETE FROM recent WHERE (stream_id, source_seq, seen_ms) IN "
-            f"(SELECT stream_id, source_seq, added_ms FROM {table} WHERE row_id <= ?)",
-            (through,),
+        self._recent.remove(
+            self._conn.execute(
+                f"SELECT stream_id, source_seq, added_ms FROM {table} WHERE row_id <= ?",
+                (through,),
+            ).fetchall()
         )
         deleted: int = self._conn.execute(
             f"DELETE FROM {table} WHERE row_id <= ?", (through,)
@@ -554,274 +437,40 @@ class Store:
 
     def _prune(self, now_ms: int) -> None:
         """Forget dedup keys older than the window, and re-measure the streams' ranges."""
-        pruned = self._conn.execute(
-            "DELETE FROM recent WHERE seen_ms < ?", (now_ms - self.dedup_window_ms,)
-        ).rowcount
+        pruned = self._recent.prune(now_ms - self.dedup_window_ms)
         if pruned:
             for name, stream in self._state.streams.items():
                 if stream.low is not None:
                     self._touch(name, stream)
                     self._measure_range(stream)
 
-    def _stream(self, name: str) -> _Stream:
-        stream = self._state.streams.get(name)
-        if stream is None:
-            stream_id = self._conn.execute(
-                "INSERT INTO streams (name, last_seq) VALUES (?, 0)", (name,)
-            ).lastrowid
-            assert stream_id is not None
-            stream = _Stream(stream_id, 0)
-            self._undo.streams[name] = None
-            self._state.streams[name] = stream
-            self._names[stream_id] = name
-        return stream
-
-    def _append_all(
-        self, appends: Sequence[Sequence[Event]], now_ms: int, result: CommitResult
-    ) -> None:
-        txn = self._txn
-        txn.used_bytes = self.used_bytes() + len(self._pending) * KEY_GUESS_BYTES
-        for events in appends:
-            result.appended.append(self._append_one(events, now_ms, txn, result))
-        self._flush(txn)
-
-    def _flush(self, txn: _Txn) -> None:
-        """Insert the rows buffered so far: one statement per table for the whole group
-        commit (and before anything that reads or deletes rows)."""
-        conn = self._conn
-        for priority, rows in txn.rows.items():
-            if rows:
-                conn.executemany(_INSERT_SQL[priority], rows)
-                rows.clear()
-
     def _flush_keys(self) -> None:
         """Write every held-back key (and this transaction's so far) to `recent`."""
         txn = self._txn
         self._flush(txn)
-        keys: list[tuple[int, int, int, int]] = []
+        chunks: list[tuple[Priority, list[Row]]] = []
         if not txn.flushed:
-            keys = [(s, q, seen, d) for (s, q), (seen, d) in self._pending.items()]
-        keys += txn.keys
-        if keys:
-            self._conn.executemany(_RECENT_SQL, keys)
-        txn.keys.clear()
+            chunks = txn.taken = self._held.take()
+        self._recent.add(self._digests.keys([*chunks, *txn.rows.items()]))
+        # The streams' last seqs too: up to keys_through, rows may be deleted from now
+        # on, and `streams.last_seq` must cover their seqs; above it `_load_pending`
+        # finds them in the rows. (So a group commit writes no `streams` row at all.)
+        streams = self._state.streams
+        self._conn.executemany(
+            "UPDATE streams SET last_seq = ? WHERE stream_id = ?",
+            [
+                (streams[name].last_seq, streams[name].stream_id)
+                for name in self._dirty | self._undo.streams.keys()
+                if name in streams
+            ],
+        )
+        for priority, rows in txn.rows.items():
+            rows.clear()  # in place: the append under way holds these lists
+            txn.inserted[priority] = 0
+        self._held.forget_index()
         txn.flushed = True
         txn.keys_through = self._state.last_row_id
         self._conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_through', ?)",
             (txn.keys_through,),
         )
-
-    def _seen(self, stream: _Stream, source_seq: int, digest: int, now_ms: int) -> bool:
-        """Whether this event was committed within the window (same content): its key is
-        held back in memory (the newest) or in `recent`."""
-        if not self._txn.flushed:
-            held = self._pending.get((stream.stream_id, source_seq))
-            if held is not None:
-                return now_ms - held[0] <= self.dedup_window_ms and held[1] == digest
-        seen = self._conn.execute(
-            "SELECT seen_ms, digest FROM recent WHERE stream_id = ? AND source_seq = ?",
-            (stream.stream_id, source_seq),
-        ).fetchone()
-        return seen is not None and now_ms - seen[0] <= self.dedup_window_ms and seen[1] == digest
-
-    def _append_one(
-        self, events: Sequence[Event], now_ms: int, txn: _Txn, result: CommitResult
-    ) -> list[int | None] | OutboxFull:
-        """Store one append whole (or refuse it whole): the hot path, kept to one pass to
-        sort out duplicates and size it, and one to buffer its rows for `_flush`."""
-        streams = self._state.streams
-        digests = self._digests
-        in_txn = txn.digests
-        fresh: list[tuple[int, Event, int, int]] = []  # (index, event, kind, digest)
-        mine: dict[tuple[str, int], int] = {}
-        text_bytes = 0
-        for index, event in enumerate(events):
-            value = event.value
-            kind = KINDS.get(type(value))
-            if kind is None:
-                kind = value_kind(value)
-            head = (event.priority, event.name, event.unit, kind)
-            digest = digests.get(head)
-            if digest is None:
-                if len(digests) >= MAX_CACHED_HEADS:
-                    digests.clear()
-                digest = digests[head] = head_digest(*head)
-            digest = value_digest(value, digest)
-            source_seq = event.source_seq
-            key = (event.stream, source_seq)
-            earlier = mine.get(key)
-            if earlier is None:
-                earlier = in_txn.get(key)
-                if earlier is None:
-                    stream = streams.get(event.stream)
-                    if (
-                        stream is not None
-                        and stream.low is not None
-                        and stream.high is not None
-                        and stream.low <= source_seq <= stream.high
-                        and self._seen(stream, source_seq, digest, now_ms)
-                    ):
-                        continue
-            if earlier == digest:
-                continue
-            mine[key] = digest
-            if kind in (KIND_STR, KIND_BYTES):
-                text_bytes += len(value)  # type: ignore[arg-type]
-            unit = event.unit
-            text_bytes += len(event.name) + (len(unit) if unit else 0)
-            fresh.append((index, event, kind, digest))
-        seqs: list[int | None] = [None] * len(events)
-        if not fresh:
-            return seqs
-        need = ROW_OVERHEAD_BYTES * len(fresh) + text_bytes
-        refused = self._make_room(fresh, txn, need, result)
-        if refused is not None:
-            return refused
-        state = self._state
-        keys = txn.keys
-        stream_name = ""
-        stream = _Stream(0, 0)
-        stream_id = 0
-        rows: list[tuple[object, ...]] = []
-        priority: Priority | None = None
-        touched: set[Priority] = set()
-        row_id = state.last_row_id
-        for index, event, kind, digest in fresh:
-            if event.stream != stream_name:
-                stream_name = event.stream
-                stream = self._stream(stream_name)
-                stream_id = stream.stream_id
-                self._touch(stream_name, stream)
-            if event.priority is not priority:
-                priority = event.priority
-                rows = txn.rows[priority]
-                touched.add(priority)
-            source_seq = event.source_seq
-            seq = stream.last_seq = stream.last_seq + 1
-            row_id += 1
-            seqs[index] = seq
-            value = event.value
-            rows.append(
-                (
-                    row_id,
-                    stream_id,
-                    seq,
-                    source_seq,
-                    event.time_ms,
-                    now_ms,
-                    event.name,
-                    kind,
-                    int(value) if kind == KIND_BOOL else value,
-                    event.unit,
-                )
-            )
-            state.rows[priority] += 1
-            keys.append((stream_id, source_seq, now_ms, digest))
-            high = stream.high
-            if high is None or stream.low is None:
-                stream.low = stream.high = source_seq
-            elif source_seq > high:
-                stream.high = source_seq
-            elif source_seq < stream.low:
-                stream.low = source_seq
-        state.last_row_id = row_id
-        txn.used_bytes += need
-        in_txn.update(mine)
-        for priority in touched:
-            self._trim_to_quota(priority, txn, result)
-        return seqs
-
-    def _trim_to_quota(self, priority: Priority, txn: _Txn, result: CommitResult) -> None:
-        max_rows = self.quotas[priority].max_rows
-        if priority is Priority.AUDIT or max_rows is None:
-            return
-        excess = self._state.rows[priority] - max_rows
-        if excess > 0:
-            self._flush(txn)
-            deleted, through = self._evict_oldest(priority, excess)
-            result.evictions.append(
-                Eviction(priority, QUOTA, deleted, through, f"more than {max_rows} rows")
-            )
-            txn.used_bytes = self.used_bytes()
-
-    def _make_room(
-        self,
-        fresh: Sequence[tuple[int, Event, int, int]],
-        txn: _Txn,
-        need: int,
-        result: CommitResult,
-    ) -> OutboxFull | None:
-        """Make room for `fresh` within the audit quota and the disk budget, evicting what
-        the append's most important class may evict; or refuse it (nothing evicted).
-
-        Within a group commit the pages in use are estimated (measured at its start, plus
-        each accepted append's estimate, which errs on the large side); only when the
-        estimate reaches the budget are the buffered rows written and the pages measured.
-        """
-        audit_max = self.quotas[Priority.AUDIT].max_rows
-        if audit_max is not None:
-            audits = sum(1 for _, event, _, _ in fresh if event.priority is Priority.AUDIT)
-            if audits and self._state.rows[Priority.AUDIT] + audits > audit_max:
-                return OutboxFull(
-                    f"{self.path}: audit quota reached ({audit_max} rows queued); "
-                    f"not stored, retry later",
-                    priority=Priority.AUDIT,
-                    reason=QUOTA,
-                )
-        limit = self.budget.data_budget_bytes - need
-        if txn.used_bytes <= limit:
-            return None
-        self._flush_keys()
-        used = txn.used_bytes = self.used_bytes()
-        if used <= limit:
-            return None
-        top = min(event.priority for _, event, _, _ in fresh)
-        # Evict a little more than needed, so one burst of evictions serves many appends.
-        target = limit - self.budget.data_budget_bytes // 20
-        saved_rows = dict(self._state.rows)
-        evicted: list[Eviction] = []
-        self._conn.execute("SAVEPOINT room")
-        try:
-            for victim in EVICTABLE_FOR[top]:
-                while used > target and self._state.rows[victim]:
-                    rows = max(MIN_EVICTION_ROWS, (used - target) // ROW_GUESS_BYTES)
-                    deleted, through = self._evict_oldest(victim, rows)
-                    detail = f"{used} of {self.budget.data_budget_bytes} data bytes in use"
-                    evicted.append(Eviction(victim, BUDGET, deleted, through, detail))
-                    used = self.used_bytes()
-            if used <= limit:
-                self._conn.execute("RELEASE room")
-                result.evictions.extend(_merged(evicted))
-                txn.used_bytes = used
-                return None
-            self._conn.execute("ROLLBACK TO room")
-            self._conn.execute("RELEASE room")
-        except BaseException:
-            self._state.rows = saved_rows
-            raise
-        self._state.rows = saved_rows
-        return OutboxFull(
-            f"{self.path}: disk budget of {self.budget.budget_bytes} bytes reached and nothing "
-            f"more may be evicted for {top.name.lower()}; not stored, retry later",
-            priority=top,
-            reason=BUDGET,
-        )
-
-
-def _merged(evictions: Sequence[Eviction]) -> list[Eviction]:
-    """One Eviction per class for the steps of one make-room."""
-    merged: dict[Priority, Eviction] = {}
-    for ev in evictions:
-        prior = merged.get(ev.priority)
-        if prior is None:
-            merged[ev.priority] = ev
-        else:
-            merged[ev.priority] = Eviction(
-                ev.priority,
-                ev.reason,
-                prior.rows + ev.rows,
-                max(prior.through_row_id, ev.through_row_id),
-                prior.detail,
-            )
-    return list(merged.values())
