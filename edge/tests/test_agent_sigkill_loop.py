@@ -47,6 +47,9 @@ def _site(folder: Path, broker_port: int, link_port: int) -> Path:
         + '\n[outbox]\ndir = "state"\n\n[health]\nbind = "127.0.0.1:0"\n'
         + f'\n[[links]]\nid = "lan"\nudp = "{HOST}:{link_port}"\nnodes = [{nodes}]\n'
         + f'\n[[streets]]\nname = "storgata"\nlamps = {list(LAMPS)}\nbays = {list(BAYS)}\n'
+        # The lamps' telemetry leaves within a second, not the default 30 s: the drain
+        # at the end waits for it.
+        + "\n[uplink.telemetry]\nbatch_age_s = 1\n"
     )
     return path
 

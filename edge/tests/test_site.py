@@ -100,6 +100,12 @@ LINKS = '[[links]]\nid = "bus"\nserial = "/dev/ttyUSB0"\nnodes = [1, 2, 3]\n'
 
 #: (what is added to or changed in the minimal site, the key named, words in the problem)
 MALFORMED = [
+    # uplink
+    ("[uplink]\nwindow = 0", "uplink.window", "1-65535", "got 0"),
+    ('[uplink]\ndeflate = "yes"', "uplink.deflate", "true or false", "'yes'"),
+    ("[uplink.telemetry]\nbatch_age_s = -1", "uplink.telemetry.batch_age_s", "0-86400", ""),
+    ("[uplink.audit]\nbatch_bytes = 10", "uplink.audit.batch_bytes", "64-1048576", "got 10"),
+    ("[uplink.bulk]\nbatch_events = 1", "uplink.bulk", "unknown table", ""),
     # agent
     ('[agent]\nid = 5\nsite = "s"', "agent.id", "expected a name", "got 5"),
     ('[agent]\nid = "Edge"\nsite = "s"', "agent.id", "lowercase", "got 'Edge'"),
@@ -367,3 +373,21 @@ def test_the_password_comes_from_its_file(tmp_path: Path) -> None:
     secret.unlink()
     with pytest.raises(S.SiteError, match=rf"^broker.password_file: {secret}: No such file"):
         S.read_password(parse(text).broker)
+
+
+def test_uplink_settings_reach_the_uplink_over_its_defaults() -> None:
+    from kommune.edge.agent.uplink_part import uplink_config
+    from kommune.edge.uplink.batcher import DEFAULT_POLICIES
+
+    text = MINIMAL_SITE + (
+        "[uplink]\nwindow = 3\ndeflate = false\n"
+        "[uplink.telemetry]\nbatch_age_s = 2.5\nbatch_events = 40\n"
+    )
+    config = uplink_config(
+        S.parse(text.encode(), source=Path("/etc/site.toml"), environ=ENV, euid=1000)
+    )
+    assert (config.window, config.deflate) == (3, False)
+    telemetry = config.policies[Priority.TELEMETRY]
+    assert (telemetry.max_age_s, telemetry.max_events) == (2.5, 40)
+    assert telemetry.max_bytes == DEFAULT_POLICIES[Priority.TELEMETRY].max_bytes
+    assert config.policies[Priority.AUDIT] == DEFAULT_POLICIES[Priority.AUDIT]

@@ -155,6 +155,12 @@ def _summary(site: Site) -> str:
     streets = [f"{s.name}: {len(s.lamps)} lamps, {len(s.bays)} bays" for s in site.streets]
     locks = ", ".join(str(lock.id) for lock in site.locks)
     url = f"http://{site.health.bind}"
+    d = site.downlink
+    downlink = (
+        [f"signed by {d.backend_key}", f"refused when issued over {d.max_age_s:g} s ago"]
+        if d.backend_key
+        else ["off (no backend_key): nothing is subscribed"]
+    )
     rows = [
         ("agent", [f"{site.agent.id} at site {site.agent.site}"]),
         ("outbox", [f"{out.dir}, {out.disk_budget_mb} MB", *classes]),
@@ -166,6 +172,8 @@ def _summary(site: Site) -> str:
                 f"keepalive {b.keepalive_s} s, session expiry {b.session_expiry_s} s",
             ],
         ),
+        ("uplink", _uplink_lines(site)),
+        ("downlink", downlink),
         ("links", links or ["none"]),
         ("locks", [f"{len(site.locks)}: {locks}" if site.locks else "none"]),
         ("streets", streets or ["none"]),
@@ -175,3 +183,26 @@ def _summary(site: Site) -> str:
     for label, values in rows:
         lines += [f"  {label if i == 0 else '':<8} {v}" for i, v in enumerate(values)]
     return "\n".join(lines)
+
+
+def _uplink_lines(site: Site) -> list[str]:
+    """The uplink's effective settings: the site's [uplink] over the defaults."""
+    from kommune.edge.uplink.batcher import DEFAULT_POLICIES
+    from kommune.edge.uplink.config import UplinkConfig
+
+    u = site.uplink
+    defaults = UplinkConfig(host="-", site="-", agent="-")
+    window = defaults.window if u.window is None else u.window
+    deflate = defaults.deflate if u.deflate is None else u.deflate
+    drain = defaults.drain_s if u.drain_s is None else u.drain_s
+    lines = [f"window {window}, {'deflated' if deflate else 'not deflated'}, drain {drain:g} s"]
+    for priority, default in DEFAULT_POLICIES.items():
+        b = u.batches.get(priority)
+        events = default.max_events if b is None or b.events is None else b.events
+        size = default.max_bytes if b is None or b.bytes is None else b.bytes
+        age = default.max_age_s if b is None or b.age_s is None else b.age_s
+        lines.append(
+            f"{priority.name.lower()}: batches of up to {events} events,"
+            f" {size / 1024:g} KB, {age:g} s"
+        )
+    return lines

@@ -187,6 +187,26 @@ class DownlinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """When the uplink closes a batch of one class; None: the uplink's default
+    (kommune.edge.uplink.batcher.DEFAULT_POLICIES)."""
+
+    events: int | None = None
+    bytes: int | None = None
+    age_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSettings:
+    """How the uplink sends (`[uplink]`); None: the uplink's default."""
+
+    window: int | None = None
+    deflate: bool | None = None
+    drain_s: float | None = None
+    batches: Mapping[Priority, BatchSettings] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     #: The file this came from (absolute).
     source: Path
@@ -198,6 +218,7 @@ class Site:
     streets: tuple[StreetConfig, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
     downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
+    uplink: UplinkSettings = field(default_factory=UplinkSettings)
 
 
 def read_password(broker: BrokerConfig) -> str | None:
@@ -458,11 +479,12 @@ class _Reader:
         streets = tuple(s for t in top.tables("streets") if (s := self.street(t)) is not None)
         health = self.health(top.table("health"))
         downlink = self.downlink(top.table("downlink"))
+        uplink = self.uplink(top.table("uplink"))
         top.finish()
         self.check_links(links)
         self.check_locks(locks)
         self.check_streets(streets, links)
-        return Site(source, agent, outbox, broker, links, locks, streets, health, downlink)
+        return Site(source, agent, outbox, broker, links, locks, streets, health, downlink, uplink)
 
     def agent(self, t: _Table | None) -> AgentConfig:
         if t is None:
@@ -660,6 +682,25 @@ class _Reader:
         t.finish()
         return DownlinkConfig(key, DEFAULT_DOWNLINK_MAX_AGE_S if max_age is None else max_age)
 
+    def uplink(self, t: _Table | None) -> UplinkSettings:
+        if t is None:
+            return UplinkSettings()
+        window = t.integer("window", 1, 65535)
+        deflate = t.boolean("deflate")
+        drain = t.number("drain_s", 0, 600)
+        batches: dict[Priority, BatchSettings] = {}
+        for priority in Priority:
+            b = t.table(priority.name.lower())
+            if b is not None:
+                batches[priority] = BatchSettings(
+                    b.integer("batch_events", 1, 100_000),
+                    b.integer("batch_bytes", 64, 1024 * 1024),
+                    b.number("batch_age_s", 0, 86_400),
+                )
+                b.finish()
+        t.finish()
+        return UplinkSettings(window, deflate, drain, batches)
+
     def check_links(self, links: Sequence[Link]) -> None:
         ids: dict[str, int] = {}
         nodes: dict[int, str] = {}
@@ -750,6 +791,11 @@ def as_dict(site: Site) -> dict[str, Any]:
             return {"kind": kind, **plain_fields(value)}
         if hasattr(value, "__dataclass_fields__"):
             return plain_fields(value)
+        if isinstance(value, Mapping):  # per class: {"telemetry": ...}
+            return {
+                k.name.lower() if isinstance(k, Priority) else str(k): plain(v)
+                for k, v in value.items()
+            }
         return value
 
     def plain_fields(value: Any) -> dict[str, Any]:

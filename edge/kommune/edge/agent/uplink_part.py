@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kommune.edge.agent.metrics import Metric, counter, gauge
 from kommune.edge.agent.outbox_part import OutboxPart
 from kommune.edge.agent.site import Site, read_password
+from kommune.edge.uplink.batcher import DEFAULT_POLICIES, BatchPolicy
 from kommune.edge.uplink.config import TlsConfig, UplinkConfig
 from kommune.edge.uplink.mqtt import Uplink
 
@@ -17,8 +18,19 @@ if TYPE_CHECKING:
 
 
 def uplink_config(site: Site) -> UplinkConfig:
-    """The uplink's settings from the site file's [broker] (and [agent]) tables."""
+    """The uplink's settings from the site file's [broker], [uplink] and [agent] tables;
+    what [uplink] leaves out keeps the uplink's default."""
     broker = site.broker
+    tuning = site.uplink
+    policies = dict(DEFAULT_POLICIES)
+    for priority, batch in tuning.batches.items():
+        default = DEFAULT_POLICIES[priority]
+        policies[priority] = BatchPolicy(
+            max_events=default.max_events if batch.events is None else batch.events,
+            max_bytes=default.max_bytes if batch.bytes is None else batch.bytes,
+            max_age_s=default.max_age_s if batch.age_s is None else batch.age_s,
+        )
+    defaults = UplinkConfig(host=broker.host, site=site.agent.site, agent=site.agent.id)
     return UplinkConfig(
         host=broker.host,
         site=site.agent.site,
@@ -29,6 +41,10 @@ def uplink_config(site: Site) -> UplinkConfig:
         password=read_password(broker),
         keepalive_s=broker.keepalive_s,
         session_expiry_s=broker.session_expiry_s,
+        window=defaults.window if tuning.window is None else tuning.window,
+        deflate=defaults.deflate if tuning.deflate is None else tuning.deflate,
+        drain_s=defaults.drain_s if tuning.drain_s is None else tuning.drain_s,
+        policies=policies,
     )
 
 
