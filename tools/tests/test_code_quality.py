@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kommune.hil.firmware_files import nodes
 from kommune.hil.paths import FIRMWARE_ROOT, PROTOCOLS_PACKAGE, PROTOCOLS_ROOT, REPO_ROOT
 
 BIN = Path(sys.executable).parent
@@ -48,23 +49,34 @@ def test_mypy_cpython_strict() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_mypy_device_code_against_micropython_stubs() -> None:
+def mypy_runs() -> dict[str, tuple[list[Path], list[Path]]]:
+    """name -> (what to check, extra import roots): the code shared by every board once,
+    then each node's firmware on its own, its folder on the path (a node's modules
+    import each other by top-level name, so two nodes in one run would collide)."""
+    shared = (PROTOCOLS_PACKAGE, FIRMWARE_ROOT / "common", BOARD_MODULES)
+    runs = {"shared": ([p for p in shared if any(p.rglob("*.py"))], [])}
+    for node in nodes():
+        runs[node] = ([FIRMWARE_ROOT / node], [FIRMWARE_ROOT / node])
+    return runs
+
+
+@pytest.mark.parametrize("run", sorted(mypy_runs()))
+def test_mypy_device_code_against_micropython_stubs(run: str) -> None:
     assert (MPY_TYPINGS / "machine.pyi").exists(), "MicroPython stubs missing: run ./run tests"
-    targets = [
-        str(p.relative_to(REPO_ROOT))
-        for p in (PROTOCOLS_PACKAGE, FIRMWARE_ROOT, BOARD_MODULES)
-        if any(p.rglob("*.py"))
-    ]
-    env = dict(os.environ, MYPYPATH=f"{MPY_TYPINGS}{os.pathsep}{PROTOCOLS_ROOT}")
+    targets, roots = mypy_runs()[run]
+    path = [MPY_TYPINGS, PROTOCOLS_ROOT, *roots, FIRMWARE_ROOT]
+    env = dict(os.environ, MYPYPATH=os.pathsep.join(str(p) for p in path))
     cmd = [
         sys.executable,
         "-m",
         "mypy",
         "--config-file",
         "firmware/mypy.ini",
+        "--cache-dir",
+        f".mypy_cache/micropython-{run}",
         "--custom-typeshed-dir",
         str(MPY_TYPINGS),
-        *targets,
+        *(str(p.relative_to(REPO_ROOT)) for p in targets),
     ]
     proc = _run(cmd, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

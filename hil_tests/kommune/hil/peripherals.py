@@ -11,6 +11,7 @@ from kommune.hil.board import rigwire
 from kommune.hil.models.adc import AdcBank
 from kommune.hil.models.bolt import BoltMechanism
 from kommune.hil.models.i2c import I2CWiring
+from kommune.hil.models.lamp_load import LampLoad
 from kommune.hil.models.magnetometer import ADDRESS as QMC5883L_ADDRESS
 from kommune.hil.models.magnetometer import MagneticScene, Qmc5883l
 from kommune.hil.models.pins import PinBank
@@ -52,6 +53,8 @@ class Peripherals:
         self.watchdog = Watchdog(loop, on_watchdog)
         self.uarts: dict[int, UartLink] = {profile.link_uart: UartLink(loop, profile.link_uart)}
         self.devices: dict[str, Any] = {}
+        #: Called after every PWM change (models whose input is a PWM output).
+        self.pwm_listeners: list[Callable[[], None]] = []
         self._on_reset = on_reset
         self._seed = seed
         for spec in profile.devices:
@@ -82,6 +85,12 @@ class Peripherals:
             bolt = BoltMechanism(self._loop, self.pins, self.adc, **opts)
             self.devices[str(spec.options.get("name", "bolt"))] = bolt
             return bolt
+        if spec.model == "lamp_load":
+            opts = {k: v for k, v in spec.options.items() if k not in ("name", "pwm")}
+            load = LampLoad(self.pwm, self.adc, pwm_pin=int(spec.options["pwm"]), **opts)
+            self.pwm_listeners.append(load.update)
+            self.devices[str(spec.options.get("name", "lamp"))] = load
+            return load
         raise ValueError(f"unknown device model {spec.model!r}")
 
     def chip_reset(self) -> None:
@@ -89,6 +98,7 @@ class Peripherals:
         self.watchdog.stop()
         self.pins.reset()
         self.pwm.reset()
+        self._pwm_changed()
         for link in self.uarts.values():
             link.detach()
 
@@ -109,7 +119,7 @@ class Peripherals:
         table.note(rigwire.PIN_WRITE, lambda p: self.pins.vm_write(p[0], p[1]))
         table.note(rigwire.PIN_IRQ, lambda p: self.pins.vm_irq(p[0], p[1]))
         table.request(rigwire.PWM_INIT, self._pwm_init)
-        table.note(rigwire.PWM_DEINIT, lambda p: self.pwm.vm_deinit(p[0]))
+        table.note(rigwire.PWM_DEINIT, self._pwm_deinit)
         table.request(rigwire.ADC_READ, lambda p: struct.pack("<HI", *self.adc.vm_read(p[0], p[1])))
         table.request(rigwire.I2C_XFER, self._i2c_xfer)
         table.request(rigwire.I2C_SCAN, lambda p: self.i2c.vm_scan(p[0], p[1]))
@@ -130,6 +140,15 @@ class Peripherals:
     def _pwm_init(self, p: bytes) -> None:
         pin, freq, duty = struct.unpack("<BIH", p)
         self.pwm.vm_init(pin, freq, duty)
+        self._pwm_changed()
+
+    def _pwm_deinit(self, p: bytes) -> None:
+        self.pwm.vm_deinit(p[0])
+        self._pwm_changed()
+
+    def _pwm_changed(self) -> None:
+        for listener in self.pwm_listeners:
+            listener()
 
     def _i2c_xfer(self, p: bytes) -> bytes:
         scl, sda, addr, _stop, nread = struct.unpack_from("<BBBBH", p)
