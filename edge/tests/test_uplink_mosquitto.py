@@ -55,20 +55,20 @@ def _payload(data: bytes) -> int:
 
 def test_stop_and_start_keep_port_and_data(mosquitto: Mosquitto) -> None:
     port = mosquitto.port
-    assert mqtt_answers(mosquitto.host, port)
+    assert mqtt_answers(port, host=mosquitto.host)
     _retain(port, b"kommune/test", b"kept")
     mosquitto.stop()  # SIGTERM: the database is saved
-    assert not mosquitto.running and not mqtt_answers(mosquitto.host, port)
+    assert not mosquitto.running and not mqtt_answers(port, host=mosquitto.host)
     mosquitto.start()
-    assert mosquitto.port == port and mqtt_answers(mosquitto.host, port)
+    assert mosquitto.port == port and mqtt_answers(port, host=mosquitto.host)
     assert _retained(port, b"kommune/test") == b"kept"
 
 
 def test_a_paused_broker_accepts_but_does_not_answer(mosquitto: Mosquitto) -> None:
     mosquitto.pause()
-    assert not mqtt_answers(mosquitto.host, mosquitto.port, timeout_s=0.2)
+    assert not mqtt_answers(mosquitto.port, timeout_s=0.2, host=mosquitto.host)
     mosquitto.resume()
-    assert mqtt_answers(mosquitto.host, mosquitto.port)
+    assert mqtt_answers(mosquitto.port, host=mosquitto.host)
 
 
 def test_kill_and_close_leave_nothing_even_when_paused(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ fixture's teardown) leaves no broker behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pwd
 import random
@@ -29,10 +28,12 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from kommune.bench.broker import die_with_parent, mqtt_answers
 
 MOSQUITTO = os.environ.get("KOMMUNE_MOSQUITTO", "/usr/sbin/mosquitto")
 READY_TIMEOUT_S = 10.0
@@ -40,9 +41,6 @@ STOP_TIMEOUT_S = 10.0
 HOST = "127.0.0.1"
 
 # MQTT 3.1.1 CONNECT: clean session, keepalive 60, empty client id (the broker names it).
-_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"
-_DISCONNECT = b"\xe0\x00"
-_PR_SET_PDEATHSIG = 1
 
 
 class MosquittoError(RuntimeError):
@@ -73,36 +71,6 @@ def free_port() -> int:
                 continue
         return port
     raise MosquittoError(f"no free port in {bottom}..{top}")
-
-
-def _libc_prctl() -> Callable[..., int] | None:
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        return None
-    return prctl
-
-
-# Looked up now, not in the child: between fork and exec only this call may run.
-_prctl = _libc_prctl()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def mqtt_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    """True if something on host:port answers an MQTT CONNECT with a CONNACK."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as s:
-            s.sendall(_CONNECT)
-            answer = s.recv(4)
-            with contextlib.suppress(OSError):
-                s.sendall(_DISCONNECT)
-    except OSError:
-        return False
-    return answer[:1] == b"\x20"
 
 
 class Mosquitto:
@@ -232,7 +200,7 @@ class Mosquitto:
         # The broker dies with us if we die without teardown; PR_SET_PDEATHSIG follows the
         # thread that started it, so only from the main thread (where tests start it).
         main = threading.current_thread() is threading.main_thread()
-        pre = _die_with_parent if main and _prctl is not None else None
+        pre = die_with_parent if main else None
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.conf)],
@@ -250,7 +218,7 @@ class Mosquitto:
                 raise MosquittoError(
                     f"mosquitto exited with {proc.returncode} on port {self.port}{self._log_tail()}"
                 )
-            if mqtt_answers(self.host, self.port, timeout_s=1.0):
+            if mqtt_answers(self.port, timeout_s=1.0, host=self.host):
                 return
             if time.monotonic() > deadline:
                 raise MosquittoError(

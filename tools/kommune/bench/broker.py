@@ -49,11 +49,18 @@ def _load_prctl() -> Callable[..., int] | None:
 
 # Looked up now: between fork and exec only the call itself may run.
 _prctl = _load_prctl()
+#: A preexec_fn that has the child killed when the thread that started it ends (Linux's
+#: PR_SET_PDEATHSIG); None where there is no prctl. The test's broker uses it too.
+die_with_parent: Callable[[], None] | None = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    assert _prctl is not None
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+if _prctl is not None:
+    die_with_parent = _die_with_parent
 
 
 def free_port() -> int:
@@ -64,10 +71,10 @@ def free_port() -> int:
         return port
 
 
-def mqtt_answers(port: int, timeout_s: float = 1.0) -> bool:
-    """True if something on 127.0.0.1:port answers an MQTT CONNECT with a CONNACK."""
+def mqtt_answers(port: int, timeout_s: float = 1.0, *, host: str = HOST) -> bool:
+    """True if something on host:port answers an MQTT CONNECT with a CONNACK."""
     try:
-        with socket.create_connection((HOST, port), timeout=timeout_s) as s:
+        with socket.create_connection((host, port), timeout=timeout_s) as s:
             s.sendall(_CONNECT)
             answer = s.recv(4)
             with contextlib.suppress(OSError):
@@ -104,7 +111,7 @@ def _spawn(workdir: Path, port: int) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if _prctl is not None else None,  # noqa: PLW1509
+            preexec_fn=die_with_parent,  # noqa: PLW1509
         )
 
 
