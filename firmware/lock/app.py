@@ -24,20 +24,29 @@ from bolt import (
     STATE_NAMES,
     Bolt,
 )
-from doorverifier import DoorVerifier, load_deny
 from micropython import const
 from store import LockStore, StoreError
 
 from kommune.protocols.audit import EVENT_BOOT, EVENT_DOOR, AuditLog
-from kommune.protocols.errors import BAD_LENGTH, BAD_VALUE, REPLAY, ProtocolError
+from kommune.protocols.errors import (
+    BAD_LENGTH,
+    MECHANISM_FAULT,
+    RATE_LIMITED,
+    REPLAY,
+    UNPROVISIONED,
+    ProtocolError,
+)
 from kommune.protocols.handshake import Notice
 from kommune.protocols.lock_verifier import (
     ACT_ADMIN,
+    ACT_CHALLENGE,
     ACT_DROP,
     ACT_LOCK,
     ACT_OPEN,
     ACT_SEND_AUDIT,
+    ACT_SET_DENY,
     ACT_SET_TIME,
+    LockVerifier,
 )
 from kommune.protocols.lock_wire import MSG_CHALLENGE, OK
 
@@ -53,7 +62,6 @@ _DEFAULT_MTU = const(23)
 _CHALLENGE_MTU = const(33)  # a 30-byte CHALLENGE notification needs an ATT MTU of 33
 _BATCH_HEAD = const(21)  # ATT notify header (3) + AUDIT_BATCH head (18)
 _ENTRY_BYTES = const(55)
-_CHALLENGE_REQUEST = b"\x01"  # a peer's write asking for a CHALLENGE
 _MAX_CONNECTIONS = const(4)
 
 
@@ -96,7 +104,7 @@ class LockApp:
         self._writes = 0  # writes in _events
         self._conns: dict = {}  # conn handle -> [verifier Connection or None, ATT MTU]
         self.lock_id = 0
-        self.verifier: "DoorVerifier | None" = None
+        self.verifier: "LockVerifier | None" = None
         self.log: "AuditLog | None" = None
         self.store: "LockStore | None" = None
         self.unprovisioned = why_unprovisioned
@@ -133,8 +141,8 @@ class LockApp:
             last_hash=saved.last_hash,
             last_time_s=saved.last_time_s,
         )
-        store.restore(log, saved)
-        v = DoorVerifier(
+        log.restore(saved.entries)
+        v = LockVerifier(
             lock_id,
             ident.token_key,  # type: ignore[attr-defined]
             ident.edge_key,  # type: ignore[attr-defined]
@@ -143,9 +151,11 @@ class LockApp:
             needs_time=saved.needs_time,
             max_connections=_MAX_CONNECTIONS,
         )
-        v.deny_tokens, v.deny_holders = load_deny()
+        deny = store.load_deny()
+        if deny is not None:
+            v.load_deny(*deny)
         # A fault outlives a reset (a stalled motor may well brown the board out).
-        v.fault = self.bolt.fault = saved.fault
+        v.mechanism_fault = self.bolt.fault = saved.fault
         self.lock_id, self.store, self.log, self.verifier = lock_id, store, log, v
         if saved.dropped:
             print("audit: %d entries failed their checks" % saved.dropped)
@@ -160,6 +170,18 @@ class LockApp:
             store.save(v.audit, v.epoch, v.needs_time, self.bolt.fault)
         except OSError as e:
             # RAM and flash disagree now: nothing may be answered or moved.
+            print("flash write failed:", e)
+            import machine
+
+            machine.reset()
+
+    def _save_deny(self) -> None:
+        v, store = self.verifier, self.store
+        if v is None or store is None:
+            return
+        try:
+            store.save_deny(*v.deny)
+        except OSError as e:
             print("flash write failed:", e)
             import machine
 
@@ -195,7 +217,7 @@ class LockApp:
 
     def _fault(self) -> None:
         if self.verifier is not None:
-            self.verifier.fault = self.bolt.fault
+            self.verifier.mechanism_fault = self.bolt.fault
         self._door_event(self.bolt.fault)
 
     async def _clear_fault(self) -> bool:
@@ -203,7 +225,7 @@ class LockApp:
         fault, self.bolt.fault = self.bolt.fault, 0
         if await self._lock_bolt():
             if self.verifier is not None:
-                self.verifier.fault = 0
+                self.verifier.mechanism_fault = 0
             if fault:
                 self._door_event(EV_FAULT_CLEARED)
             return True
@@ -318,32 +340,34 @@ class LockApp:
             return
         if v is None or c[0] is None:
             # Unprovisioned (or already dropped): nobody is answered.
-            self._notify(conn, Notice(data[0] if data else 0, BAD_VALUE).encode())
+            why = UNPROVISIONED if v is None else RATE_LIMITED
+            self._notify(conn, Notice(data[0] if data else 0, why).encode())
             self._disconnect(conn)
             return
-        if data == _CHALLENGE_REQUEST:
-            self._challenge(conn, c)
-            return
         verdict = v.respond(c[0], data, _ms(), _clock())
-        self._save()  # epoch, needs_time, audit log: before anything else
         act = verdict.action
-        reply = verdict.reply
+        if act == ACT_SET_DENY:
+            self._save_deny()  # the list first: the reply says it is in force
+        if act != ACT_CHALLENGE or verdict.state_changed:
+            self._save()  # epoch, needs_time, audit log: before anything else
         if act == ACT_OPEN:
             if not await self._open_bolt():
-                reply = v.result(data, verdict.token, BAD_VALUE)  # type: ignore[arg-type]
+                v.restatus(verdict, data, MECHANISM_FAULT)
         elif act == ACT_LOCK:
             if not await self._lock_bolt():
-                reply = v.result(data, verdict.token, BAD_VALUE)  # type: ignore[arg-type]
+                v.restatus(verdict, data, MECHANISM_FAULT)
         elif act == ACT_ADMIN:
             if not await self._clear_fault():
-                reply = v.result(data, verdict.token, BAD_VALUE)  # type: ignore[arg-type]
+                v.restatus(verdict, data, MECHANISM_FAULT)
         elif act == ACT_SET_TIME:
             tm = time.gmtime(verdict.value - _EPOCH_SHIFT_S)
             self._rtc.datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))  # type: ignore[attr-defined]
-        self.handshakes += 1
-        self._battery.read()  # type: ignore[attr-defined]  # the motor may have drawn it down
-        self._write_status()  # a peer reading it after the reply sees the new state
-        self._notify(conn, reply)
+        if act != ACT_CHALLENGE:
+            self.handshakes += 1
+            self._battery.read()  # type: ignore[attr-defined]  # the motor may have drawn it down
+            self._write_status()  # a peer reading it after the reply sees the new state
+        if verdict.reply:
+            self._notify(conn, verdict.reply)
         if act == ACT_SEND_AUDIT:
             batch = v.audit.batch(max(0, (c[1] - _BATCH_HEAD) // _ENTRY_BYTES))
             self._save()  # a batch may first log the failure summary
@@ -352,7 +376,7 @@ class LockApp:
             c[0] = None
             self._disconnect(conn)
         else:
-            self._challenge(conn, c)
+            self._challenge(conn, c)  # the answer to a CHALLENGE_REQUEST, or the next one
 
     # -- status -----------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 # The lock's GATT service and advertisement.
 #
 # Service 4b4d4c00-6b6f-6d6d-756e-652d6c6f636b ("KML" + "kommune-lock"):
-#   handshake ...4c01  write + notify: every LOCK.md message; a write of the
-#                      single byte 0x01 asks for a CHALLENGE (stock MicroPython
-#                      tells the firmware of no subscription: README.md)
+#   handshake ...4c01  write, write without response, notify: every LOCK.md
+#                      message; a CHALLENGE_REQUEST (08 02) asks for a CHALLENGE
+#                      (stock MicroPython tells the firmware of no subscription)
 #   status    ...4c02  read: one line of text (README.md)
 # Advertisement: flags, manufacturer data (company 0xFFFF, the test id: "KL",
 # version 1, state flags, lock id u32 big-endian), the name "kl-<lock id>";
@@ -16,6 +16,7 @@ from common import adv
 from micropython import const
 
 _FLAG_READ = const(0x0002)
+_FLAG_WRITE_NO_RESPONSE = const(0x0004)
 _FLAG_WRITE = const(0x0008)
 _FLAG_NOTIFY = const(0x0010)
 
@@ -31,14 +32,17 @@ ADV_FAULT = const(0x02)
 ADV_BATTERY_LOW = const(0x04)
 ADV_NEEDS_TIME = const(0x08)
 
-_BUFFER_BYTES = const(100)  # the longest message written: REQUEST, 92 bytes
+_BUFFER_BYTES = const(160)  # the longest message written: a full DENY_LIST, 155 bytes
 _ADV_INTERVAL_US = const(100_000)
 
 
 def register(ble: "bluetooth.BLE") -> "tuple[int, int]":
     # (handshake value handle, status value handle)
     service = bluetooth.UUID(SERVICE_UUID)
-    handshake = (bluetooth.UUID(HANDSHAKE_UUID), _FLAG_WRITE | _FLAG_NOTIFY)
+    handshake = (
+        bluetooth.UUID(HANDSHAKE_UUID),
+        _FLAG_WRITE | _FLAG_WRITE_NO_RESPONSE | _FLAG_NOTIFY,
+    )
     status = (bluetooth.UUID(STATUS_UUID), _FLAG_READ)
     ((hs, st),) = ble.gatts_register_services(((service, (handshake, status)),))
     ble.gatts_set_buffer(hs, _BUFFER_BYTES)

@@ -8,6 +8,8 @@
 #   /lock/audit.bin  a ring of SLOTS fixed 55-byte slots; entry seq lives in
 #                    slot (seq - 1) % SLOTS. Entries are only ever written to
 #                    slots no live entry uses (see save), never rewritten.
+#   /lock/deny.bin   the deny-list in force (LockVerifier.deny), replaced
+#                    atomically on ACT_SET_DENY before the reply.
 #   /lock/state.bin  the header: epoch, flags, first_seq, next_seq, last_hash,
 #                    last_time_s, and the log's front lost marker (the one
 #                    entry that replaces others), with a CRC-32. Replaced
@@ -39,6 +41,10 @@ from kommune.protocols.seal import SealKey
 DIR = "/lock"
 STATE_PATH = "/lock/state.bin"
 RING_PATH = "/lock/audit.bin"
+DENY_PATH = "/lock/deny.bin"
+_DENY_MAGIC = b"KLD1"
+_DENY_HEAD = ">4sII"  # magic, epoch, version; then the list's body, then a CRC-32
+_DENY_HEAD_BYTES = const(12)
 _MAGIC = b"KLS1"
 # magic, flags, epoch, first_seq, next_seq, last_time_s, last_hash, front marker
 _HEAD = ">4sBIIII16s"
@@ -160,15 +166,30 @@ class LockStore:
                 f.write(empty)
         os.rename(tmp, RING_PATH)
 
-    def restore(self, log: AuditLog, saved: Saved) -> None:
-        # The saved entries into a fresh AuditLog (made with the saved
-        # next_seq, last_hash, last_time_s).
-        log.entries = saved.entries
-        held = 0
-        for e in saved.entries:
-            if e[_STATUS_AT]:
-                held += 1
-        log._failures_held = held  # AuditLog has no public restore of its entries
+    def load_deny(self) -> "tuple[int, int, bytes] | None":
+        # (epoch, version, body) for LockVerifier.load_deny, or None if the
+        # lock never got a deny-list. A damaged file is a StoreError: the
+        # lock then serves no one rather than forget whom it must refuse.
+        raw = files.read(DENY_PATH)
+        if raw is None:
+            return None
+        end = len(raw) - 4
+        if (
+            end < _DENY_HEAD_BYTES
+            or raw[:4] != _DENY_MAGIC
+            or struct.unpack(">I", raw[end:])[0] != (binascii.crc32(raw[:end]) & 0xFFFFFFFF)
+        ):
+            raise StoreError("deny-list file corrupt")
+        _, epoch, version = struct.unpack_from(_DENY_HEAD, raw)
+        return epoch, version, raw[_DENY_HEAD_BYTES:end]
+
+    def save_deny(self, epoch: int, version: int, body: bytes) -> None:
+        buf = bytearray(_DENY_HEAD_BYTES + len(body) + 4)
+        struct.pack_into(_DENY_HEAD, buf, 0, _DENY_MAGIC, epoch, version)
+        end = _DENY_HEAD_BYTES + len(body)
+        buf[_DENY_HEAD_BYTES:end] = body
+        struct.pack_into(">I", buf, end, binascii.crc32(buf[:end]) & 0xFFFFFFFF)
+        files.write_atomic(DENY_PATH, buf)
 
     def save(self, log: AuditLog, epoch: int, needs_time: bool, fault: int = 0) -> None:
         # Commit the verifier's state and the log: new entries into free

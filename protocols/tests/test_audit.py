@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lock_strategies import acks, entries, keys
 
-from kommune.protocols import audit
+from kommune.protocols import audit, audit_check
 from kommune.protocols.audit_check import AuditChecker
 from kommune.protocols.errors import (
     BAD_CHAIN,
@@ -81,9 +81,9 @@ def test_entry_round_trip(entry: audit.AuditEntry) -> None:
 
 @given(st.lists(entries, max_size=5))
 def test_batch_round_trip(batch: list[audit.AuditEntry]) -> None:
-    data = audit.encode_batch([e.encode() for e in batch], SEAL, LOCK)
+    data = audit_check.encode_batch([e.encode() for e in batch], SEAL, LOCK)
     assert len(data) == 18 + audit.ENTRY_BYTES * len(batch)
-    assert audit.decode_batch(data, SEAL, LOCK) == batch
+    assert audit_check.decode_batch(data, SEAL, LOCK) == batch
     for e in batch:  # sealed: no entry's fields in the clear
         assert e.encode()[:23] not in data
 
@@ -91,12 +91,12 @@ def test_batch_round_trip(batch: list[audit.AuditEntry]) -> None:
 def test_batch_is_sealed_to_the_audit_key_and_lock() -> None:
     log = _log(3)
     sealed = log.batch(255)
-    assert audit.open_batch(sealed, SEAL, LOCK) == log.entries
+    assert audit_check.open_batch(sealed, SEAL, LOCK) == log.entries
     for entry in log.entries:
         assert entry[11:15] not in sealed  # holder ids
     for key, lock in ((SealKey(EDGE_KEY), LOCK), (SEAL, LOCK + 1)):
         with pytest.raises(ProtocolError, match=BAD_TAG):
-            audit.open_batch(sealed, key, lock)
+            audit_check.open_batch(sealed, key, lock)
 
 
 def test_batch_size_follows_free_memory() -> None:
@@ -119,7 +119,7 @@ def test_decoders_are_total(data: bytes) -> None:
         except ProtocolError as e:
             assert e.reason in STATUSES
     try:
-        audit.decode_batch(data, SEAL, LOCK)
+        audit_check.decode_batch(data, SEAL, LOCK)
     except ProtocolError as e:
         assert e.reason in STATUSES
 
@@ -127,7 +127,7 @@ def test_decoders_are_total(data: bytes) -> None:
 @given(st.integers(0, 255), st.binary(max_size=140))
 def test_batch_decoder_is_total_with_any_count(count: int, body: bytes) -> None:
     try:
-        audit.decode_batch(bytes([MSG_AUDIT_BATCH, count]) + body, SEAL, LOCK)
+        audit_check.decode_batch(bytes([MSG_AUDIT_BATCH, count]) + body, SEAL, LOCK)
     except ProtocolError as e:
         assert e.reason in (TRUNCATED, TOO_LONG, BAD_TAG)
     else:
@@ -136,11 +136,11 @@ def test_batch_decoder_is_total_with_any_count(count: int, body: bytes) -> None:
 
 def test_batch_limits() -> None:
     with pytest.raises(ProtocolError, match=BAD_VALUE):
-        audit.encode_batch([bytes(55)] * 256, SEAL, LOCK)
+        audit_check.encode_batch([bytes(55)] * 256, SEAL, LOCK)
     with pytest.raises(ProtocolError, match=BAD_LENGTH):
-        audit.encode_batch([bytes(54)], SEAL, LOCK)
+        audit_check.encode_batch([bytes(54)], SEAL, LOCK)
     with pytest.raises(ProtocolError, match=UNKNOWN_TYPE):
-        audit.decode_batch(b"\x06\x00" + bytes(16), SEAL, LOCK)
+        audit_check.decode_batch(b"\x06\x00" + bytes(16), SEAL, LOCK)
 
 
 @given(keys, st.lists(events, min_size=1, max_size=6))
@@ -230,7 +230,7 @@ def test_chain_check_catches_any_flipped_bit(n: int, data: st.DataObject) -> Non
 
 
 def _entries(batch: bytes) -> list[bytes]:
-    return audit.open_batch(batch, SEAL, LOCK)
+    return audit_check.open_batch(batch, SEAL, LOCK)
 
 
 def test_a_stripped_tail_is_sent_again() -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from lock_strategies import handshake_messages, keys, nonces, ops, tokens
 
 from kommune.protocols import handshake as hs
+from kommune.protocols import lock_client
 from kommune.protocols import token as T
 from kommune.protocols.errors import (
     BAD_LENGTH,
@@ -51,13 +52,13 @@ def _hmac16(key: bytes, *parts: bytes) -> bytes:
 def test_decode_encode_round_trip(msg: Any) -> None:
     data = msg.encode()
     assert len(data) == SIZES[type(msg)]
-    assert hs.decode(data) == msg
+    assert lock_client.decode(data) == msg
 
 
 @given(st.binary(max_size=100))
 def test_decode_is_total(data: bytes) -> None:
     try:
-        msg = hs.decode(data)
+        msg = lock_client.decode(data)
     except ProtocolError:
         return
     assert msg.encode() == data
@@ -69,7 +70,7 @@ def test_decode_is_total_for_each_type(msg_type: int, data: st.DataObject) -> No
     size = data.draw(st.integers(0, 100))
     body = data.draw(st.binary(min_size=size, max_size=size))
     try:
-        msg = hs.decode(bytes([msg_type]) + body)
+        msg = lock_client.decode(bytes([msg_type]) + body)
     except ProtocolError as e:
         assert e.reason in STATUSES
         return
@@ -81,16 +82,16 @@ def test_every_truncation_and_extension_is_rejected(msg: Any) -> None:
     data = msg.encode()
     for n in range(len(data)):
         with pytest.raises(ProtocolError):
-            hs.decode(data[:n])
+            lock_client.decode(data[:n])
     with pytest.raises(ProtocolError):
-        hs.decode(data + b"\x00")
+        lock_client.decode(data + b"\x00")
 
 
 def test_empty_and_unknown() -> None:
     with pytest.raises(ProtocolError, match=TRUNCATED):
-        hs.decode(b"")
+        lock_client.decode(b"")
     with pytest.raises(ProtocolError, match=UNKNOWN_TYPE):
-        hs.decode(b"\x06" + bytes(20))  # an audit ack is not a handshake message
+        lock_client.decode(b"\x06" + bytes(20))  # an audit ack is not a handshake message
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_a_full_log_still_gives_a_batch_in_a_64k_heap() -> None:
 
     from kommune.bench.lock import compile_lock_modules
     from kommune.hil import vm
-    from kommune.protocols import audit
+    from kommune.protocols import audit, audit_check
     from kommune.protocols.seal import SealKey
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,5 +66,5 @@ def test_a_full_log_still_gives_a_batch_in_a_64k_heap() -> None:
     lines = proc.stdout.strip().splitlines()
     out = json.loads(lines[-2])
     assert out["count"] >= 1, out  # not a MemoryError, and not empty
-    entries = audit.open_batch(bytes.fromhex(lines[-1]), SealKey(bytes(range(64, 96))), 1017)
+    entries = audit_check.open_batch(bytes.fromhex(lines[-1]), SealKey(bytes(range(64, 96))), 1017)
     assert [audit.seq_of(e) for e in entries] == list(range(1, out["count"] + 1))

@@ -29,7 +29,7 @@ from test_handshake_verifier import (
     _unlock,
 )
 
-from kommune.protocols import audit
+from kommune.protocols import audit, audit_check
 from kommune.protocols import lock_verifier as lv
 from kommune.protocols.audit_check import AuditChecker
 from kommune.protocols.errors import (
@@ -215,7 +215,7 @@ def test_nothing_of_the_visit_crosses_the_air_in_clear() -> None:
     batch = log.batch(255)
     for entry in log.entries:
         assert entry[11:19] not in batch  # holder and token ids
-    assert audit.open_batch(batch, SealKey(AUDIT_KEY), LOCK) == log.entries
+    assert audit_check.open_batch(batch, SealKey(AUDIT_KEY), LOCK) == log.entries
 
 
 def test_the_phone_holds_no_key_that_opens_tokens() -> None:

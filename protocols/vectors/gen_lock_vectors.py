@@ -22,10 +22,15 @@ from typing import Any
 
 from kommune.edge.keys import derive_lock_keys
 from kommune.edge.token_authority import TokenAuthority
-from kommune.protocols import audit
+from kommune.protocols import audit, audit_check
 from kommune.protocols import handshake as hs
 from kommune.protocols.errors import ProtocolError
-from kommune.protocols.lock_client import ACTION_NAMES, EdgeSession, HolderSession
+from kommune.protocols.lock_client import (
+    ACTION_NAMES,
+    CHALLENGE_REQUEST,
+    EdgeSession,
+    HolderSession,
+)
 from kommune.protocols.lock_verifier import Connection, LockVerifier
 from kommune.protocols.lock_wire import (
     CMD_EPOCH_SET,
@@ -324,6 +329,13 @@ class Script:
             return e.reason
         raise AssertionError("challenge accepted")
 
+    def fault(self, code: int) -> None:
+        self.steps.append({"fault": code})
+        self.lock.mechanism_fault = code
+
+    def restatus(self, status: str) -> None:
+        self.steps.append({"restatus": status})
+
     def tick(self, now_ms: int) -> None:
         self.steps.append({"tick": now_ms})
         self.lock.tick(now_ms)
@@ -433,7 +445,12 @@ def handshake_cases() -> list[Case]:
         _hex_case(a, "command_time_set", _command(ch, CMD_TIME_SET, VISIT)),
         _hex_case(a, "command_epoch_set", _command(ch, CMD_EPOCH_SET, EPOCH + 1)),
         _hex_case(a, "empty_message", b"", "truncated"),
-        _hex_case(a, "unknown_type", b"\x09" + bytes(29), "unknown_type"),
+        _hex_case(a, "unknown_type", b"\x0a" + bytes(29), "unknown_type"),
+        _hex_case(a, "challenge_request", CHALLENGE_REQUEST),
+        _hex_case(a, "challenge_request_version_1", b"\x08\x01", "bad_version"),
+        _hex_case(a, "challenge_request_long", CHALLENGE_REQUEST + b"\x00", "too_long"),
+        _hex_case(a, "notice_mechanism_fault", hs.Notice(2, "mechanism_fault").encode()),
+        _hex_case(a, "notice_unprovisioned", hs.Notice(8, "unprovisioned").encode()),
         _hex_case(a, "challenge_short", ch[:-1], "truncated"),
         _hex_case(a, "challenge_version_1", ch[:1] + b"\x01" + ch[2:], "bad_version"),
         _hex_case(a, "request_long", req + b"\x00", "too_long"),
@@ -448,7 +465,7 @@ def handshake_cases() -> list[Case]:
         ),
         _hex_case(a, "result_unknown_status", reply[:3] + b"\xc8" + reply[4:], "bad_value"),
         _hex_case(a, "result_command_op_3", b"\x03\x05\x03\x00" + bytes(16), "bad_value"),
-        _hex_case(a, "notice_unknown_status", b"\x04\x02\x12", "bad_value"),
+        _hex_case(a, "notice_unknown_status", b"\x04\x02\x14", "bad_value"),
     ]
 
     # Replay: a challenge answers once, on its own connection.
@@ -553,7 +570,7 @@ def handshake_cases() -> list[Case]:
     # Failures are charged to their connection: junk drops it, refusals add up.
     s = Script()
     s.send(b"", 1000, conn=1)
-    s.send(b"\x09\x00", 1001, conn=2)
+    s.send(b"\x0a\x00", 1001, conn=2)
     s.send(bytes([0x01]) + bytes(29), 1002, conn=3)  # a challenge sent to the lock
     expect = ["truncated", "unknown_type", "unknown_type"]
     cases.append(s.case("junk_messages", expect, ["drop", "drop", "drop"]))
@@ -624,6 +641,7 @@ def handshake_cases() -> list[Case]:
     cases.append(s.case("command_forged_then_late", ["bad_tag", "too_late"], ["drop", "refuse"]))
     cases += review_cases()
     cases += clock_floor_cases()
+    cases += firmware_gap_cases()
     return cases
 
 
@@ -717,6 +735,115 @@ def clock_floor_cases() -> list[Case]:
     return cases
 
 
+def _deny(epoch: int, version: int, tokens: list[int], holders: list[int]) -> bytes:
+    return EdgeSession(KEYS.edge_key, LOCK).deny_list(epoch, version, tokens, holders)
+
+
+def firmware_gap_cases() -> list[Case]:
+    # What the lock firmware needed (issue 8): a challenge on request, statuses
+    # for a faulty mechanism, a deny-list over the air, a RESULT restated.
+    a = vec_handshake
+    cases: list[Case] = []
+    s = Script()
+    s.send(CHALLENGE_REQUEST, 900)  # answered by the next challenge, nothing else
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)
+    s.send(b"\x08\x01", 1100)  # another version: unauthenticated junk
+    cases.append(
+        s.case(
+            "challenge_request_then_unlock",
+            ["ok", "ok", "bad_version"],
+            ["challenge", "open", "drop"],
+        )
+    )
+
+    # A genuine deny-list names the holder: the holder's genuine token is revoked.
+    deny_v2 = _deny(EPOCH, 2, [0x0BADBEEF], [HOLDER])
+    args = {"edge_key": KEYS.edge_key.hex(), "lock_id": LOCK, "epoch": EPOCH, "version": 2}
+    cases.append(
+        _op_case(
+            a,
+            "deny_list_sealed",
+            "deny_list",
+            dict(args, tokens=[0x0BADBEEF], holders=[HOLDER]),
+            None,
+        )
+    )
+    assert bytes.fromhex(cases[-1]["result"]["message"]) == deny_v2
+    assert HOLDER.to_bytes(4, "big") not in deny_v2  # sealed: no id in clear
+    opened = {"edge_key": KEYS.edge_key.hex(), "lock_id": LOCK}
+    cases.append(
+        _op_case(a, "deny_list_opened", "open_deny_list", dict(opened, message=deny_v2.hex()), None)
+    )
+    for name, msg, reason in [
+        ("deny_list_flipped", _flip(deny_v2, 30), "bad_tag"),
+        ("deny_list_newer_epoch_in_clear", _flip(deny_v2, 4), "bad_tag"),
+        (
+            "deny_list_other_lock",
+            EdgeSession(OTHER_KEYS.edge_key, LOCK).deny_list(EPOCH, 2, [], []),
+            "bad_tag",
+        ),
+        ("deny_list_short", deny_v2[:-1], "bad_tag"),
+        ("deny_list_truncated", deny_v2[:26], "truncated"),
+    ]:
+        cases.append(_op_case(a, name, "open_deny_list", dict(opened, message=msg.hex()), reason))
+
+    s = Script()
+    s.send(deny_v2, 900)
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)
+    s.send(_deny(EPOCH, 1, [], []), 1100)  # older: refused, the list stays
+    s.send(deny_v2, 1150)  # the same again: ok, not logged
+    s.send(_flip(_deny(EPOCH, 3, [], []), 12), 1200)  # forged: dropped
+    cases.append(
+        s.case(
+            "deny_list_revokes_and_only_a_newer_one_replaces_it",
+            ["ok", "revoked", "bad_value", "ok", "bad_tag"],
+            ["set_deny", "refuse", "refuse", "set_deny", "drop"],
+        )
+    )
+    s = Script()
+    s.send(deny_v2, 900)
+    s.send(_deny(EPOCH + 1, 1, [], []), 950)  # a new epoch's list replaces any older epoch's
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)
+    cases.append(
+        s.case(
+            "deny_list_of_a_newer_epoch_replaces",
+            ["ok", "ok", "ok"],
+            ["set_deny", "set_deny", "open"],
+        )
+    )
+
+    # A faulty mechanism: unlocks refused before the motor runs; a lock request served.
+    s = Script()
+    s.fault(16)
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)
+    ch = s.challenge(bytes(range(16)), 2000)
+    s.send(_request(ch, op=RIGHT_LOCK), 2050)
+    cases.append(
+        s.case("mechanism_fault_refuses_unlock", ["mechanism_fault", "ok"], ["refuse", "lock"])
+    )
+
+    # The bolt did not get there: the same request's RESULT, restated.
+    s = Script()
+    ch = s.challenge(LOCK_NONCE, 1000)
+    s.send(_request(ch), 1050)
+    s.restatus("mechanism_fault")
+    cases.append(s.case("restated_result_after_a_jam", ["ok"], ["open"]))
+    restated = bytes.fromhex(cases[-1]["result"]["steps"][2]["restated"])
+    holder = HolderSession(TOKEN, SESSION, LOCK)
+    holder.request(ch, RIGHT_UNLOCK, HOLDER_NONCE)
+    reply = holder.result(restated)
+    assert (reply.status, reply.authenticated) == ("mechanism_fault", True)
+    s = Script()
+    s.send(b"", 1000)
+    s.restatus("mechanism_fault")
+    cases.append(s.case("no_restatement_of_a_notice", ["truncated"], ["drop"]))
+    return cases
+
+
 # --- audit --------------------------------------------------------------------
 
 
@@ -751,7 +878,7 @@ def audit_cases() -> list[Case]:
         _hex_case(a, "entry_unknown_status", e1[:10] + b"\x63" + e1[11:], "bad_value"),
     ]
     seal_key = SealKey(KEYS.audit_key)
-    two = audit.encode_batch([e1, e2], seal_key, LOCK)
+    two = audit_check.encode_batch([e1, e2], seal_key, LOCK)
     cases += batch_cases(base, [e1, e2], two)
     h5 = audit.entry_hash(e5)
     ack = audit.encode_ack(lock_key(KEYS.edge_key), LOCK, 5, h5)

@@ -11,7 +11,7 @@
 #   "batch"    the sealed AUDIT_BATCH a lock sends after args["events"] (as "log",
 #              optional "max_entries", "mem_free"); "seal_batch" of args["entries"]
 #   "open_batch"  the entries of the sealed args["batch"] (the edge's side)
-from kommune.protocols import audit
+from kommune.protocols import audit, audit_check
 from kommune.protocols.audit_check import AuditChecker
 from kommune.protocols.lock_wire import lock_key
 from kommune.protocols.seal import SealKey
@@ -89,10 +89,12 @@ def op(name, args):
         return log.batch(args.get("max_entries", 255), args.get("mem_free", -1)).hex()
     if name == "seal_batch":
         key = SealKey(_h(args["audit_key"]))
-        return audit.encode_batch([_h(e) for e in args["entries"]], key, args["lock_id"]).hex()
+        return audit_check.encode_batch(
+            [_h(e) for e in args["entries"]], key, args["lock_id"]
+        ).hex()
     if name == "open_batch":
         key = SealKey(_h(args["audit_key"]))
-        return [e.hex() for e in audit.open_batch(_h(args["batch"]), key, args["lock_id"])]
+        return [e.hex() for e in audit_check.open_batch(_h(args["batch"]), key, args["lock_id"])]
     if name == "log":
         log = _log(args)
         log.batch(0)  # logs a pending failure summary, as a collection would

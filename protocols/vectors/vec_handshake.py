@@ -8,17 +8,23 @@
 #            challenge, {"respond": message, "now_ms", "clock_s"} answers one,
 #            {"tick": now_ms} is the firmware's main-loop tick; "conn" names
 #            the connection (default 0; connected on first use), and
-#            {"disconnect": conn} ends one. Result: each step's output
-#            (status, reply, action), the lock's epoch, needs_time, its audit
-#            entries.
+#            {"disconnect": conn} ends one; {"fault": n} sets the firmware's
+#            mechanism_fault, {"restatus": status} restates the last verdict
+#            (its new reply). Result: each step's output (status, reply,
+#            action), the lock's epoch, needs_time, deny-list, audit entries.
 #   "holder" builds a phone's request for args["challenge"] and opens the
 #            lock's args["reply"] (the holder side of the same transcript).
 #   "edge"   the same for an edge command.
+#   "deny_list"  the edge's sealed DENY_LIST for args (edge_key, lock_id,
+#            epoch, version, tokens, holders); "open_deny_list" opens
+#            args["message"] as the lock does: epoch, version, the ids.
 from kommune.protocols import handshake as hs
+from kommune.protocols import lock_client
 from kommune.protocols.audit import AuditLog
 from kommune.protocols.errors import ProtocolError
-from kommune.protocols.lock_client import ACTION_NAMES, EdgeSession, HolderSession
+from kommune.protocols.lock_client import ACTION_NAMES, EdgeSession, HolderSession, deny_ids
 from kommune.protocols.lock_verifier import LockVerifier
+from kommune.protocols.seal import SealKey
 
 
 def _h(text):
@@ -26,7 +32,9 @@ def _h(text):
 
 
 def decode(data):
-    m = hs.decode(data)
+    m = lock_client.decode(data)
+    if m == hs.CHALLENGE_REQUEST:
+        return {"type": "challenge_request"}
     if isinstance(m, hs.Challenge):
         return {
             "type": "challenge",
@@ -66,6 +74,8 @@ def decode(data):
 
 def encode(f):
     t = f["type"]
+    if t == "challenge_request":
+        return hs.CHALLENGE_REQUEST
     if t == "challenge":
         return hs.Challenge(f["lock_id"], f["clock_s"], f["epoch"], _h(f["nonce"])).encode()
     if t == "request":
@@ -102,7 +112,18 @@ def _lock(args):
     v, log = _verifier(args["lock"])
     conns = {}
     out = []
+    last = None
     for s in args["steps"]:
+        if "fault" in s:
+            v.mechanism_fault = s["fault"]
+            out.append({"fault": s["fault"]})
+            continue
+        if "restatus" in s:
+            try:
+                out.append({"restated": v.restatus(last[0], last[1], s["restatus"]).hex()})
+            except ProtocolError as e:
+                out.append({"refused": e.reason})
+            continue
         if "tick" in s:
             v.tick(s["tick"])
             out.append({"tick": s["tick"]})
@@ -122,6 +143,7 @@ def _lock(args):
                 out.append({"refused": e.reason})
         else:
             r = v.respond(conns[k], _h(s["respond"]), s["now_ms"], s["clock_s"])
+            last = (r, _h(s["respond"]))
             out.append(
                 {"status": r.status, "reply": r.reply.hex(), "action": ACTION_NAMES[r.action]}
             )
@@ -129,6 +151,7 @@ def _lock(args):
         "steps": out,
         "epoch": v.epoch,
         "needs_time": v.needs_time,
+        "deny": [v.deny[0], v.deny[1], v.deny[2].hex()],
         "audit": [e.hex() for e in log.entries],
     }
 
@@ -157,4 +180,13 @@ def op(name, args):
             now_s=args["now_s"],
         )
         return {"command": command.hex(), "reply": _reply(edge, args["reply"])}
+    if name == "deny_list":
+        edge = EdgeSession(_h(args["edge_key"]), args["lock_id"])
+        message = edge.deny_list(args["epoch"], args["version"], args["tokens"], args["holders"])
+        return {"message": message.hex()}
+    if name == "open_deny_list":
+        key = SealKey(_h(args["edge_key"]))
+        epoch, version, body = hs.open_deny_list(_h(args["message"]), key, args["lock_id"])
+        tokens, holders = deny_ids(body)
+        return {"epoch": epoch, "version": version, "tokens": tokens, "holders": holders}
     raise ValueError("unknown op " + name)

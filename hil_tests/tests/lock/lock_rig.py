@@ -45,7 +45,13 @@ from kommune.hil.radio import Air
 from kommune.protocols import audit
 from kommune.protocols.audit import AuditEntry
 from kommune.protocols.hmac_sha256 import HmacKey
-from kommune.protocols.lock_client import EdgeSession, HolderSession, Reply
+from kommune.protocols.lock_client import (
+    CHALLENGE_REQUEST,
+    EdgeSession,
+    HolderSession,
+    Reply,
+    notice,
+)
 from kommune.protocols.lock_wire import CMD_TIME_SET, RIGHT_LOCK, RIGHT_UNLOCK
 
 LOCK_ID = 1017
@@ -66,6 +72,8 @@ LOCK_PROTOCOL_MODULES = [
     "audit",
     "lock_verifier",
 ]
+#: What the lock imports from firmware/common (its bundle ships these, not every node's).
+LOCK_COMMON_MODULES = ["__init__", "files", "adv"]
 #: Short times, so a test sees a relock in a fraction of a second.
 TEST_CONFIG = {
     "relock_ms": 400,
@@ -88,8 +96,8 @@ def firmware_files() -> dict[str, bytes]:
     for p in sorted(lock_dir.glob("*.py")):
         if p.name != "main.py":
             sources[f"/{p.stem}.mpy"] = p
-    for p in sorted((FIRMWARE_ROOT / "common").glob("*.py")):
-        sources[f"/lib/common/{p.stem}.mpy"] = p
+    for name in LOCK_COMMON_MODULES:
+        sources[f"/lib/common/{name}.mpy"] = FIRMWARE_ROOT / "common" / f"{name}.py"
     for name in LOCK_PROTOCOL_MODULES:
         sources[f"/lib/kommune/protocols/{name}.mpy"] = PROTOCOLS_PACKAGE / f"{name}.py"
     files = {"/main.py": (lock_dir / "main.py").read_bytes()}
@@ -254,8 +262,10 @@ class Lock:
 
     @asynccontextmanager
     async def connect(
-        self, *, disconnected: Callable[[], None] | None = None
+        self, *, disconnected: Callable[[], None] | None = None, ask: bool = True
     ) -> AsyncIterator[Link]:
+        """A phone's connection, subscribed; with `ask`, a CHALLENGE_REQUEST rides with
+        the subscription (one round trip for both)."""
         device = await self.find()
         lost = asyncio.Event()
 
@@ -273,8 +283,27 @@ class Lock:
         )
         async with client:
             link = Link(self, client, lost)
-            await client.start_notify(HANDSHAKE, link.queue)
+            if ask:
+                # The subscription and the CHALLENGE_REQUEST in one round trip: the
+                # request goes as a write without response behind the CCCD write.
+                # (Bumble's discover_descriptors leaves descriptors_discovered False,
+                # and then subscribe() discovers them again -- a round trip -- before
+                # it registers the subscriber: the CHALLENGE would overtake it.)
+                proxy = client.services.get_characteristic(HANDSHAKE).obj
+                proxy.descriptors_discovered = True
+                link.asked_at = time.monotonic()
+                await asyncio.gather(
+                    client.start_notify(HANDSHAKE, link.queue),
+                    client.write_gatt_char(HANDSHAKE, CHALLENGE_REQUEST, response=False),
+                )
+            else:
+                await client.start_notify(HANDSHAKE, link.queue)
+            link.round_trips = 1
             yield link
+
+
+#: A challenge older than this is not answered (the lock's relay bound is 500 ms).
+FRESH_S = 0.4
 
 
 class LinkLost(ConnectionError):
@@ -292,6 +321,9 @@ class Link:
         self._challenge: bytes | None = None  # the one the lock notified after its last reply
         self.batch = b""  # the audit batch that followed the last read-audit reply
         self.refusals = 0  # authentic refusals on this connection
+        self.round_trips = 0  # GATT requests the phone waited for (subscription, writes)
+        self.asked_at: float | None = None  # a CHALLENGE_REQUEST is out since (monotonic s)
+        self._challenge_at = 0.0  # when the lock issued self._challenge (about)
 
     async def _next(self, timeout_s: float = 5.0) -> bytes:
         """The next notification; LinkLost if the link drops first (a lock that lost
@@ -308,13 +340,28 @@ class Link:
                 value.cancel()
         if not value.done() or value.cancelled():
             raise LinkLost("the lock dropped the link")
+        if value.exception() is not None:
+            tail = self.lock.board.console_output()[-1500:]
+            raise TimeoutError(f"no notification within {timeout_s} s; lock console:\n{tail}")
         return value.result()
 
     async def challenge(self) -> bytes:
-        """The connection's current CHALLENGE (asked for with the 0x01 write if none)."""
+        """The connection's current CHALLENGE: the one asked for at connect, the one the
+        lock notified after its last answer, or one asked for now (CHALLENGE_REQUEST)."""
+        if self._challenge is not None and time.monotonic() - self._challenge_at > FRESH_S:
+            self._challenge = None  # expired on the lock by now (relay bound): ask anew
         if self._challenge is None:
-            await self.client.write_gatt_char(HANDSHAKE, b"\x01", response=True)
-            self._challenge = await self._next()
+            if self.asked_at is not None:
+                asked_at, self.asked_at = self.asked_at, None
+                self._challenge = await self._next()
+                self._challenge_at = asked_at
+                if time.monotonic() - asked_at > FRESH_S:
+                    self._challenge = None
+            if self._challenge is None:
+                self._challenge_at = time.monotonic()
+                await self.client.write_gatt_char(HANDSHAKE, CHALLENGE_REQUEST, response=True)
+                self.round_trips += 1
+                self._challenge = await self._next()
         ch, self._challenge = self._challenge, None
         assert ch[0] == 0x01, ch.hex()
         return ch
@@ -322,6 +369,7 @@ class Link:
     async def exchange(self, message: bytes, *, batch: bool = False) -> tuple[bytes, bytes]:
         """Write a message; (the lock's reply, the audit batch that follows it if `batch`)."""
         await self.client.write_gatt_char(HANDSHAKE, message, response=True)
+        self.round_trips += 1
         reply = await self._next()
         extra = await self._next() if batch else b""
         return reply, extra
@@ -338,6 +386,7 @@ class Link:
     async def after_reply(self) -> None:
         """Take the next CHALLENGE the lock notifies after an answer it kept the link for."""
         self._challenge = await self._next()
+        self._challenge_at = time.monotonic()
 
     async def request(
         self,
@@ -370,6 +419,17 @@ class Link:
         result = edge.result(reply)
         if self._kept(result):
             await self.after_reply()
+        return result
+
+    async def deny(
+        self, epoch: int, version: int, token_ids: list[int], holder_ids: list[int]
+    ) -> Reply:
+        """The edge's sealed deny-list (no challenge needed); the lock's NOTICE."""
+        edge = EdgeSession(self.lock.lock_keys.edge_key, self.lock.lock_id)
+        reply, _ = await self.exchange(edge.deny_list(epoch, version, token_ids, holder_ids))
+        result = notice(reply)
+        if result.status in {"ok", "bad_value"}:
+            await self.after_reply()  # kept: the next CHALLENGE follows
         return result
 
     async def status_until(

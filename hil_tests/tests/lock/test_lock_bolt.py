@@ -14,7 +14,7 @@ from hil_tests.testing.fixtures import MakeBoard
 from hil_tests.testing.waiting import wait_until
 from kommune.hil.radio import Air
 from kommune.protocols.audit import EVENT_ACCESS, EVENT_DOOR
-from kommune.protocols.errors import BAD_VALUE
+from kommune.protocols.errors import MECHANISM_FAULT
 from kommune.protocols.lock_wire import OK, RIGHT_ADMIN, RIGHT_UNLOCK
 
 pytestmark = pytest.mark.micropython
@@ -73,7 +73,7 @@ async def test_a_jammed_bolt_is_refused_and_the_door_stays_locked(lock: Lock) ->
         assert (await link.set_time()).ok
         # The verifier said yes, the unlocked end never came: an authentic refusal.
         reply = await link.request(holder, RIGHT_UNLOCK)
-        assert (reply.status, reply.authenticated) == (BAD_VALUE, True)
+        assert (reply.status, reply.authenticated) == (MECHANISM_FAULT, True)
         assert lock.bolt_state() == "locked"
         status = await link.status()
         assert status["fault"] == "jam_unlocking", status["text"]
@@ -88,7 +88,7 @@ async def test_a_jammed_bolt_is_refused_and_the_door_stays_locked(lock: Lock) ->
         assert (await link.set_time()).ok  # the RTC died with the power
         # While the fault stands, openings are refused before the motor runs.
         runs = lock.board.call(lambda: bolt.motor_runs)
-        assert (await link.request(holder, RIGHT_UNLOCK)).status == BAD_VALUE
+        assert (await link.request(holder, RIGHT_UNLOCK)).status == MECHANISM_FAULT
         assert lock.board.call(lambda: bolt.motor_runs) == runs
         # Fixed; an admin request tries the mechanism and clears the fault.
         lock.board.call(bolt.clear_jam)
@@ -98,7 +98,7 @@ async def test_a_jammed_bolt_is_refused_and_the_door_stays_locked(lock: Lock) ->
         assert lock.bolt_state() == "unlocked"
     entries = lock.flash_state().entries
     access = [e.status for e in entries if e.event == EVENT_ACCESS]
-    assert access == [OK, BAD_VALUE, OK, OK]  # open (jammed), refused, admin, open
+    assert access == [OK, MECHANISM_FAULT, OK, OK]  # open (jammed), refused, admin, open
     assert door_events(lock) == [JAM_UNLOCKING, FAULT_CLEARED, UNLOCKED]
 
 

@@ -25,12 +25,15 @@ async def lock(air: Air, make_board: MakeBoard) -> Lock:
 
 async def test_opens_inside_the_window_and_relocks(lock: Lock) -> None:
     async with lock.connect() as link:
-        status = await link.status()
-        assert status["time"] == "needed" and status["bolt"] == "locked", status["text"]
+        # Subscribing asked for the first challenge in the same round trip.
         assert (await link.set_time()).ok
+        assert link.round_trips == 2  # subscription (+ CHALLENGE_REQUEST), time set
+        status = await link.status()
+        assert status["time"] == "ok" and status["bolt"] == "locked", status["text"]
         issued = lock.issue()
         reply = await link.request(issued, RIGHT_UNLOCK)
         assert reply.ok, reply
+        assert link.round_trips == 3  # the next challenge came with the last answer
         # The RESULT came after the unlocked end switch closed.
         assert lock.bolt_state() == "unlocked"
     # Nobody opens the door: the bolt is thrown again after relock_ms.

@@ -48,7 +48,7 @@ st = LockStore(ident.audit_key, ident.lock_id, %(capacity)d)
 saved = st.load()
 log = AuditLog(ident.audit_key, ident.lock_id, capacity=%(capacity)d, next_seq=saved.next_seq,
                last_hash=saved.last_hash, last_time_s=saved.last_time_s)
-st.restore(log, saved)
+log.restore(saved.entries)
 print("loaded", saved.next_seq, saved.epoch, saved.dropped)
 for i in range(%(commits)d):
     log.append(1800000000 + saved.next_seq + i, 5, 0, "ok", arg=i)

@@ -5,14 +5,14 @@
 # and answers with an AUDIT_ACK, MAC'd under the lock's edge key and bound to
 # the acked entry's hash, so the lock can prune. A batch is sealed under the
 # audit key (seal.py): a phone carrying it, or a listener, reads nothing.
-# Byte layouts: protocols/LOCK.md.
+# Byte layouts: protocols/LOCK.md. The edge's side (opening batches,
+# checking the chain, acking) is in audit_check, which the lock never loads.
 import hashlib
 import struct
 
 from kommune.protocols.errors import (
     BAD_TAG,
     BAD_VALUE,
-    TRUNCATED,
     ProtocolError,
 )
 from kommune.protocols.hmac_sha256 import HmacKey, equal
@@ -21,6 +21,7 @@ from kommune.protocols.lock_wire import (
     MSG_AUDIT_BATCH,
     OK,
     TAG_BYTES,
+    Message,
     check_bytes,
     check_size,
     check_type,
@@ -29,7 +30,7 @@ from kommune.protocols.lock_wire import (
     status_reason,
     u32,
 )
-from kommune.protocols.seal import SealKey, unseal, xor_stream
+from kommune.protocols.seal import SealKey, xor_stream
 
 try:
     from micropython import const
@@ -41,7 +42,7 @@ HASH_BYTES = const(16)
 ACK_BYTES = const(37)
 _ACK_MAC_AT = const(21)
 MAX_BATCH = const(255)  # entries per AUDIT_BATCH (count is a u8)
-_BATCH_HEAD_BYTES = const(18)  # type, count, seal tag
+BATCH_HEAD_BYTES = const(18)  # type, count, seal tag
 # Heap kept free when sizing a batch (the notify and the next request need some).
 BATCH_RESERVE_BYTES = const(2048)
 GENESIS = bytes(16)  # prev_hash of entry 1
@@ -53,7 +54,7 @@ _MACED_BYTES = const(39)  # head + prev_hash
 _STATUS_AT = const(10)
 _LABEL_ENTRY = b"AUD1"
 _LABEL_ACK = b"ACK2"
-_LABEL_BATCH = b"BAT2"
+BATCH_LABEL = b"BAT2"
 
 EVENT_ACCESS = const(1)  # a REQUEST: op, status, holder/token (0 if not authentic)
 EVENT_COMMAND = const(2)  # a COMMAND: op = cmd (0 if not authentic), status, arg = value
@@ -70,9 +71,7 @@ EVENT_LOST = const(7)
 _EVENT_MAX = const(7)
 
 
-class AuditEntry:
-    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
-
+class AuditEntry(Message):
     def __init__(
         self,
         *,
@@ -124,9 +123,6 @@ class AuditEntry:
     def encode(self) -> bytes:
         return self.maced() + check_bytes("mac", self.mac, TAG_BYTES)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, AuditEntry) and self.encode() == other.encode()
-
 
 def decode_entry(data: bytes) -> AuditEntry:
     check_size(data, ENTRY_BYTES)
@@ -152,7 +148,7 @@ def entry_hash(entry: bytes) -> bytes:
     return hashlib.sha256(entry).digest()[:HASH_BYTES]
 
 
-def entry_mac(key: HmacKey, lock_id: int, maced: bytes) -> bytes:
+def entry_mac(key: HmacKey, lock_id: int, maced: "bytes | memoryview") -> bytes:
     return key.digest(_LABEL_ENTRY, u32(lock_id), maced)[:TAG_BYTES]
 
 
@@ -190,7 +186,10 @@ class AuditLog:
         # The newest time_s ever logged: the lock's clock floor (persist it
         # with next_seq and last_hash; LOCK.md: Clock floor).
         self.last_time_s = last_time_s
-        self.entries: list[bytes] = []
+        # Made at full size once, while the heap is young, so it never grows
+        # (a full log's list is one block a fragmented heap may not have).
+        self.entries: list[bytes] = [b""] * capacity
+        del self.entries[:]
         self.lost = 0  # entries replaced by a lost marker since boot
         self._failures_held = 0  # entries in self.entries with a status other than ok
         # The failure summary being counted: count, first and last time_s,
@@ -222,6 +221,21 @@ class AuditLog:
             self._evict(1)
         return self._store(time_s, event, op, code, holder_id=holder_id, token_id=token_id, arg=arg)
 
+    def restore(self, entries: list[bytes]) -> None:
+        # The entries the firmware persisted, oldest first, into a log made
+        # with the persisted next_seq, last_hash and last_time_s (at boot).
+        # Their MACs and chain are the firmware's store's to check as it reads
+        # them; here: at most capacity, 55 bytes each, the last one next_seq - 1.
+        # (The failure summary being counted is not persisted: LOCK.md.)
+        held = 0
+        for e in entries:
+            check_bytes("entry", e, ENTRY_BYTES)
+            held += e[_STATUS_AT] != 0
+        if len(entries) > self.capacity or (entries and seq_of(entries[-1]) != self.next_seq - 1):
+            raise ProtocolError(BAD_VALUE, "entries do not end the log")
+        self.entries[:] = entries
+        self._failures_held = held
+
     @property
     def mac_key(self) -> HmacKey:
         # For the verifier's check that no two purpose keys are the same.
@@ -247,17 +261,17 @@ class AuditLog:
 
     def _seal_batch(self, n: int) -> bytearray:
         # Built and encrypted in one buffer: 18 + 55 n bytes, no copies.
-        buf = bytearray(_BATCH_HEAD_BYTES + n * ENTRY_BYTES)
+        buf = bytearray(BATCH_HEAD_BYTES + n * ENTRY_BYTES)
         buf[0] = MSG_AUDIT_BATCH
         buf[1] = n
-        pos = _BATCH_HEAD_BYTES
+        pos = BATCH_HEAD_BYTES
         for i in range(n):
             buf[pos : pos + ENTRY_BYTES] = self.entries[i]
             pos += ENTRY_BYTES
         mv = memoryview(buf)
-        tag = _batch_tag(self._key, self.lock_id, mv[:2], mv[_BATCH_HEAD_BYTES:])
-        buf[2:_BATCH_HEAD_BYTES] = tag
-        xor_stream(self._key.enc, tag, buf, _BATCH_HEAD_BYTES)
+        tag = batch_tag(self._key, self.lock_id, mv[:2], mv[BATCH_HEAD_BYTES:])
+        buf[2:BATCH_HEAD_BYTES] = tag
+        xor_stream(self._key.enc, tag, buf, BATCH_HEAD_BYTES)
         return buf
 
     def prune(self, seq: int, acked_hash: bytes) -> int:
@@ -293,19 +307,26 @@ class AuditLog:
         token_id: int,
         arg: int,
     ) -> bytes:
-        e = AuditEntry(
-            seq=self.next_seq,
-            time_s=time_s,
-            event=event,
-            op=op,
-            status=status_reason(code),
-            holder_id=holder_id,
-            token_id=token_id,
-            arg=arg,
-            prev_hash=self.last_hash,
+        # Packed in place (no AuditEntry, no copies: this runs per message on
+        # the lock). The fields come from the lock and from authentic tokens
+        # and commands (all u32 already), except the clock: checked.
+        buf = bytearray(ENTRY_BYTES)
+        struct.pack_into(
+            _HEAD_FORMAT,
+            buf,
+            0,
+            self.next_seq,
+            check_uint("time_s", time_s, 32),
+            event,
+            op,
+            code,
+            holder_id,
+            token_id,
+            arg,
         )
-        maced = e.maced()
-        entry = maced + entry_mac(self._key.mac, self.lock_id, maced)
+        buf[_HEAD_BYTES:_MACED_BYTES] = self.last_hash
+        buf[_MACED_BYTES:] = entry_mac(self._key.mac, self.lock_id, memoryview(buf)[:_MACED_BYTES])
+        entry = bytes(buf)
         self.entries.append(entry)
         self._failures_held += code != 0
         self.next_seq += 1
@@ -385,43 +406,13 @@ def _mem_free() -> int:
     return free
 
 
-def _batch_tag(
+def batch_tag(
     key: SealKey, lock_id: int, head: "bytes | memoryview", plain: "bytes | memoryview"
 ) -> bytes:
-    return key.mac.digest(_LABEL_BATCH, u32(lock_id), head, plain)[:TAG_BYTES]
+    return key.mac.digest(BATCH_LABEL, u32(lock_id), head, plain)[:TAG_BYTES]
 
 
-def encode_batch(entries: list[bytes], key: SealKey, lock_id: int) -> bytes:
-    # A sealed AUDIT_BATCH of these entries (the edge's tests and vectors;
-    # the lock builds its batches in place, AuditLog.batch).
-    if len(entries) > MAX_BATCH:
-        raise ProtocolError(BAD_VALUE, "%d entries in one batch" % len(entries))
-    for e in entries:
-        check_bytes("entry", e, ENTRY_BYTES)
-    head = bytes((MSG_AUDIT_BATCH, len(entries)))
-    plain = b"".join(entries)
-    tag = _batch_tag(key, lock_id, head, plain)
-    buf = bytearray(head + tag + plain)
-    xor_stream(key.enc, tag, buf, _BATCH_HEAD_BYTES)
-    return bytes(buf)
-
-
-def open_batch(data: bytes, key: SealKey, lock_id: int) -> list[bytes]:
-    # The raw entries of a sealed AUDIT_BATCH from this lock, or an error.
-    if len(data) < _BATCH_HEAD_BYTES:
-        raise ProtocolError(TRUNCATED, "audit batch header")
-    check_type(data, MSG_AUDIT_BATCH, _BATCH_HEAD_BYTES + data[1] * ENTRY_BYTES)
-    plain = unseal(key, _LABEL_BATCH, u32(lock_id), data, 2)
-    return [bytes(plain[i : i + ENTRY_BYTES]) for i in range(0, len(plain), ENTRY_BYTES)]
-
-
-def decode_batch(data: bytes, key: SealKey, lock_id: int) -> list[AuditEntry]:
-    return [decode_entry(e) for e in open_batch(data, key, lock_id)]
-
-
-class Ack:
-    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
-
+class Ack(Message):
     def __init__(self, seq: int, entry_hash: bytes, mac: bytes) -> None:
         self.seq = seq  # entries up to and including seq are safe at the edge
         self.entry_hash = entry_hash  # entry_hash() of the edge's entry seq
@@ -436,9 +427,6 @@ class Ack:
 
     def encode(self) -> bytes:
         return self.body() + check_bytes("mac", self.mac, TAG_BYTES)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Ack) and self.encode() == other.encode()
 
 
 def decode_ack(data: bytes) -> Ack:

@@ -10,15 +10,18 @@
 #
 # Byte layouts and the argument: protocols/LOCK.md (Audit trail).
 from kommune.protocols.audit import (
+    BATCH_HEAD_BYTES,
+    BATCH_LABEL,
     ENTRY_BYTES,
     EVENT_LOST,
     GENESIS,
+    MAX_BATCH,
     AuditEntry,
+    batch_tag,
     decode_entry,
     encode_ack,
     entry_hash,
     entry_mac,
-    open_batch,
     seq_of,
 )
 from kommune.protocols.errors import (
@@ -28,11 +31,12 @@ from kommune.protocols.errors import (
     GAP,
     OUT_OF_ORDER,
     RESTARTED,
+    TRUNCATED,
     ProtocolError,
 )
 from kommune.protocols.hmac_sha256 import equal
-from kommune.protocols.lock_wire import lock_key, u32
-from kommune.protocols.seal import SealKey
+from kommune.protocols.lock_wire import MSG_AUDIT_BATCH, check_bytes, check_type, lock_key, u32
+from kommune.protocols.seal import SealKey, unseal, xor_stream
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # only the type checkers see this import
@@ -41,6 +45,34 @@ if TYPE_CHECKING:  # only the type checkers see this import
 # Hashes of the latest accepted entries kept to compare re-sent ones with;
 # more than a lock holds unacked (its capacity, 64 by default).
 RECENT_HASHES = 256
+
+
+def encode_batch(entries: list[bytes], key: SealKey, lock_id: int) -> bytes:
+    # A sealed AUDIT_BATCH of these entries (the edge's tests and vectors;
+    # the lock builds its batches in place, AuditLog.batch).
+    if len(entries) > MAX_BATCH:
+        raise ProtocolError(BAD_VALUE, "%d entries in one batch" % len(entries))
+    for e in entries:
+        check_bytes("entry", e, ENTRY_BYTES)
+    head = bytes((MSG_AUDIT_BATCH, len(entries)))
+    plain = b"".join(entries)
+    tag = batch_tag(key, lock_id, head, plain)
+    buf = bytearray(head + tag + plain)
+    xor_stream(key.enc, tag, buf, BATCH_HEAD_BYTES)
+    return bytes(buf)
+
+
+def open_batch(data: bytes, key: SealKey, lock_id: int) -> list[bytes]:
+    # The raw entries of a sealed AUDIT_BATCH from this lock, or an error.
+    if len(data) < BATCH_HEAD_BYTES:
+        raise ProtocolError(TRUNCATED, "audit batch header")
+    check_type(data, MSG_AUDIT_BATCH, BATCH_HEAD_BYTES + data[1] * ENTRY_BYTES)
+    plain = unseal(key, BATCH_LABEL, u32(lock_id), data, 2)
+    return [bytes(plain[i : i + ENTRY_BYTES]) for i in range(0, len(plain), ENTRY_BYTES)]
+
+
+def decode_batch(data: bytes, key: SealKey, lock_id: int) -> list[AuditEntry]:
+    return [decode_entry(e) for e in open_batch(data, key, lock_id)]
 
 
 class Accepted:

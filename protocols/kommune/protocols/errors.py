@@ -43,3 +43,7 @@ OUT_OF_ORDER = "out_of_order"  # entries arrived in the wrong order (audit chain
 BAD_CHAIN = "bad_chain"  # an entry does not link to the previous entry's hash
 RESTARTED = "restarted"  # an audit chain began again at seq 1 (lock flash reset)
 CLOCK_STALE = "clock_stale"  # the lock clock is behind its floor: wait for an edge time set
+
+# Appended for the lock firmware (issue 8, gaps the firmware found).
+MECHANISM_FAULT = "mechanism_fault"  # its bolt did not get there, or is latched faulty
+UNPROVISIONED = "unprovisioned"  # the lock has no (valid) identity and keys: it serves no one

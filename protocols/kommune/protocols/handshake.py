@@ -3,19 +3,23 @@
 # lock_client: a staff phone, `kommune unlock`, the edge). Byte layouts:
 # protocols/LOCK.md.
 #
+#   peer  -> lock  CHALLENGE_REQUEST  (2 bytes; may ride with the subscription)
 #   lock  -> peer  CHALLENGE  fresh nonce, lock clock, lock id, epoch
 #   peer  -> lock  REQUEST    op, both nonces, sealed token, proof (session key)
 #               or COMMAND    time/epoch, both nonces, MAC (edge key)
 #   lock  -> peer  RESULT     status, MAC'd with the same key
 #               or NOTICE     status, unauthenticated (the peer proved no key)
+#
+# Only what the lock needs is here (it runs in 64 KB): the decoders of what
+# the lock sends (RESULT, NOTICE, and decode() of any message) are the
+# peers', in lock_client.
 import struct
 
 from kommune.protocols import token as tokens
 from kommune.protocols.errors import (
+    BAD_LENGTH,
     BAD_VALUE,
     BAD_VERSION,
-    TRUNCATED,
-    UNKNOWN_TYPE,
     ProtocolError,
 )
 from kommune.protocols.hmac_sha256 import HmacKey
@@ -23,21 +27,24 @@ from kommune.protocols.lock_wire import (
     CMD_EPOCH_SET,
     CMD_TIME_SET,
     MSG_CHALLENGE,
+    MSG_CHALLENGE_REQUEST,
     MSG_COMMAND,
+    MSG_DENY_LIST,
     MSG_NOTICE,
     MSG_REQUEST,
     MSG_RESULT,
     NONCE_BYTES,
     TAG_BYTES,
     VERSION,
+    Message,
     check_bytes,
     check_type,
     check_uint,
     is_op,
     status_code,
-    status_reason,
     u32,
 )
+from kommune.protocols.seal import SealKey, unseal
 
 try:
     from micropython import const
@@ -45,6 +52,8 @@ except ImportError:  # CPython: const() is the identity
     const = int  # type: ignore[assignment]
 
 CHALLENGE_BYTES = const(30)
+_CHALLENGE_REQUEST_BYTES = const(2)
+CHALLENGE_REQUEST = bytes((MSG_CHALLENGE_REQUEST, VERSION))
 REQUEST_BYTES = const(92)
 RESULT_BYTES = const(20)
 NOTICE_BYTES = const(3)
@@ -58,9 +67,7 @@ _LABEL_COMMAND = b"CMD1"
 _LABEL_RESULT = b"RES1"
 
 
-class Challenge:
-    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
-
+class Challenge(Message):
     def __init__(self, lock_id: int, clock_s: int, epoch: int, nonce: bytes) -> None:
         self.lock_id = lock_id
         self.clock_s = clock_s  # lock clock, site time seconds: lets peers see skew
@@ -74,13 +81,8 @@ class Challenge:
         head = struct.pack(">BBIII", MSG_CHALLENGE, VERSION, self.lock_id, self.clock_s, self.epoch)
         return head + check_bytes("nonce", self.nonce, NONCE_BYTES)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Challenge) and self.encode() == other.encode()
 
-
-class Request:
-    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
-
+class Request(Message):
     def __init__(self, op: int, lock_nonce: bytes, holder_nonce: bytes, token: bytes, proof: bytes):
         self.op = op  # one RIGHT_* bit
         self.lock_nonce = lock_nonce  # echoed: names the challenge answered
@@ -101,13 +103,8 @@ class Request:
     def encode(self) -> bytes:
         return self.body() + check_bytes("proof", self.proof, TAG_BYTES)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Request) and self.encode() == other.encode()
 
-
-class Command:
-    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
-
+class Command(Message):
     def __init__(self, cmd: int, lock_nonce: bytes, edge_nonce: bytes, value: int, mac: bytes):
         self.cmd = cmd  # CMD_TIME_SET (value: site time s) or CMD_EPOCH_SET (value: epoch)
         self.lock_nonce = lock_nonce
@@ -129,13 +126,8 @@ class Command:
     def encode(self) -> bytes:
         return self.body() + check_bytes("mac", self.mac, TAG_BYTES)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Command) and self.encode() == other.encode()
 
-
-class Result:
-    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
-
+class Result(Message):
     def __init__(self, kind: int, op: int, status: str, mac: bytes) -> None:
         self.kind = kind  # MSG_REQUEST or MSG_COMMAND: what this answers
         self.op = op  # the request's op or the command's cmd
@@ -143,19 +135,14 @@ class Result:
         self.mac = mac
 
     def head(self) -> bytes:
-        _check_subject(self.kind, self.op)
+        check_subject(self.kind, self.op)
         return bytes((MSG_RESULT, self.kind, self.op, status_code(self.status)))
 
     def encode(self) -> bytes:
         return self.head() + check_bytes("mac", self.mac, TAG_BYTES)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Result) and self.encode() == other.encode()
 
-
-class Notice:
-    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
-
+class Notice(Message):
     def __init__(self, kind: int, status: str) -> None:
         self.kind = kind  # first byte of the message answered (0 if empty)
         self.status = status
@@ -164,16 +151,21 @@ class Notice:
         check_uint("kind", self.kind, 8)
         return bytes((MSG_NOTICE, self.kind, status_code(self.status)))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Notice) and self.encode() == other.encode()
 
-
-def _check_subject(kind: int, op: int) -> None:
+def check_subject(kind: int, op: int) -> None:
     if kind == MSG_REQUEST and is_op(op):
         return
     if kind == MSG_COMMAND and op in (CMD_TIME_SET, CMD_EPOCH_SET):
         return
     raise ProtocolError(BAD_VALUE, "kind 0x%02x op 0x%02x" % (kind, op))
+
+
+def decode_challenge_request(data: bytes) -> bytes:
+    # A peer asks for a CHALLENGE: type and version, nothing else.
+    check_type(data, MSG_CHALLENGE_REQUEST, _CHALLENGE_REQUEST_BYTES)
+    if data[1] != VERSION:
+        raise ProtocolError(BAD_VERSION)
+    return CHALLENGE_REQUEST
 
 
 def decode_challenge(data: bytes) -> Challenge:
@@ -199,33 +191,48 @@ def decode_command(data: bytes) -> Command:
     return cmd
 
 
-def decode_result(data: bytes) -> Result:
-    check_type(data, MSG_RESULT, RESULT_BYTES)
-    _check_subject(data[1], data[2])
-    return Result(data[1], data[2], status_reason(data[3]), data[RESULT_HEAD_BYTES:])
+# DENY_LIST (the edge's; lock_client seals it): 27 + 4 n bytes, n ids at most
+# MAX_DENY_IDS. The lock keeps a list as (epoch, version, body), body being
+# the plaintext as sent: n_tokens, n_holders, the token ids, the holder ids.
+MAX_DENY_IDS = const(32)
+_DENY_HEAD_BYTES = const(9)  # type, epoch, version (in clear, bound to the seal)
+_DENY_MIN_BYTES = const(27)  # head, seal tag, the two counts
+_DENY_MAX_BYTES = const(155)  # _DENY_MIN_BYTES + 4 * MAX_DENY_IDS
+DENY_LABEL = b"DNY1"
+NO_DENY = (0, 0, b"\x00\x00")  # a lock that never got a list
 
 
-def decode_notice(data: bytes) -> Notice:
-    check_type(data, MSG_NOTICE, NOTICE_BYTES)
-    return Notice(data[1], status_reason(data[2]))
+def check_deny_body(body: "bytes | bytearray") -> None:
+    # The counts match the length, and no more than MAX_DENY_IDS ids.
+    n = len(body) - 2
+    if n < 0 or n != 4 * (body[0] + body[1]) or n > 4 * MAX_DENY_IDS:
+        raise ProtocolError(BAD_LENGTH, "deny-list body")
 
 
-def decode(data: bytes) -> "Challenge | Request | Command | Result | Notice":
-    # Any handshake message, by its type byte. (Audit messages: audit.py.)
-    if not data:
-        raise ProtocolError(TRUNCATED, "empty message")
-    t = data[0]
-    if t == MSG_CHALLENGE:
-        return decode_challenge(data)
-    if t == MSG_REQUEST:
-        return decode_request(data)
-    if t == MSG_COMMAND:
-        return decode_command(data)
-    if t == MSG_RESULT:
-        return decode_result(data)
-    if t == MSG_NOTICE:
-        return decode_notice(data)
-    raise ProtocolError(UNKNOWN_TYPE, "type 0x%02x" % t)
+def open_deny_list(data: bytes, key: SealKey, lock_id: int) -> "tuple[int, int, bytes]":
+    # (epoch, version, body) of a genuine DENY_LIST from this lock's edge
+    # (key: SealKey of the edge key), or an error: bad_tag if forged,
+    # altered, another lock's or another site's.
+    check_type(data, MSG_DENY_LIST, min(max(len(data), _DENY_MIN_BYTES), _DENY_MAX_BYTES))
+    body = bytes(unseal(key, DENY_LABEL, u32(lock_id), data, _DENY_HEAD_BYTES))
+    check_deny_body(body)
+    return struct.unpack_from(">I", data, 1)[0], struct.unpack_from(">I", data, 5)[0], body
+
+
+def denies(body: bytes, token_id: int, holder_id: int) -> bool:
+    # Whether a list's body names the token or the holder: a search for the
+    # 4 bytes, aligned to the ids (no allocation per id).
+    split = 2 + 4 * body[0]
+    return _names(body, u32(token_id), 2, split) or _names(body, u32(holder_id), split, len(body))
+
+
+def _names(body: bytes, needle: bytes, start: int, end: int) -> bool:
+    i = body.find(needle, start, end)
+    while i >= 0:
+        if not (i - 2) % 4:
+            return True
+        i = body.find(needle, i + 1, end)
+    return False
 
 
 # The MACs. Each covers the message bytes as sent, behind a label naming its

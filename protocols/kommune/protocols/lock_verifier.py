@@ -1,9 +1,9 @@
 # The lock's side of the BLE protocol: issues challenges, judges each
-# incoming message (a holder's REQUEST, an edge COMMAND, an AUDIT_ACK),
-# answers it, logs the decision to the audit trail, and tells the firmware
-# what to do in Verdict.action. Time is injected (now_ms: ticks_ms();
-# clock_s: the lock's site-time clock) so tests and golden vectors are
-# deterministic. Security argument: protocols/LOCK.md.
+# incoming message (a peer's CHALLENGE_REQUEST, a holder's REQUEST, an edge
+# COMMAND, an AUDIT_ACK, a DENY_LIST), answers it, logs the decision to the
+# audit trail, and tells the firmware what to do in Verdict.action. Time is
+# injected (now_ms: ticks_ms(); clock_s: the lock's site-time clock) so tests
+# and golden vectors are deterministic. Security argument: protocols/LOCK.md.
 #
 # Failures are charged to the connection they come from, never to the lock:
 # a connection that sends junk, a forgery or a bad proof is dropped
@@ -12,18 +12,22 @@
 #
 # The firmware's whole use of it (one Connection per BLE connection):
 #     conn = verifier.connect(time.ticks_ms())                    # on connect
-#     notify(verifier.challenge(conn, os.urandom(16), time.ticks_ms(), clock_s))
 #     v = verifier.respond(conn, written_bytes, time.ticks_ms(), clock_s)
 #     if v.state_changed: persist verifier.epoch, verifier.needs_time
+#     if v.action == ACT_SET_DENY: persist verifier.deny: (epoch, version, body)
 #     persist the audit log (entries, next_seq, last_hash, last_time_s)
 #     if v.action == ACT_OPEN: open the bolt     (ACT_LOCK: close it)
+#         and if it did not get there: verifier.restatus(v, written_bytes, MECHANISM_FAULT)
 #     if v.action == ACT_SET_TIME: set the RTC to v.value
-#     notify(v.reply)                               # after persisting
+#     if v.reply: notify(v.reply)                   # after persisting
 #     if v.action == ACT_DROP: disconnect the peer (the verifier forgot it)
 #     else: notify(verifier.challenge(conn, os.urandom(16), ...))  # next one
 #     verifier.disconnect(conn)                                 # on disconnect
 #     verifier.tick(time.ticks_ms())  # main loop, at least once a minute;
 #     then disconnect every peer whose conn.closed is set (idle too long)
+# A CHALLENGE_REQUEST is ACT_CHALLENGE with no reply: the "next one" above is
+# its answer. At boot: verifier.load_deny(...) with the persisted list, and
+# verifier.mechanism_fault set while the bolt is faulty.
 from kommune.protocols import token as tokens
 from kommune.protocols.audit import (
     EVENT_ACCESS,
@@ -37,8 +41,10 @@ from kommune.protocols.errors import (
     BAD_TAG,
     BAD_VALUE,
     CLOCK_STALE,
+    MECHANISM_FAULT,
     RATE_LIMITED,
     REPLAY,
+    REVOKED,
     TOO_LATE,
     TRUNCATED,
     UNKNOWN_TYPE,
@@ -46,21 +52,29 @@ from kommune.protocols.errors import (
 )
 from kommune.protocols.handshake import (
     COMMAND_MAC_AT,
+    NO_DENY,
     PROOF_AT,
     Challenge,
     Notice,
+    check_deny_body,
     command_mac,
+    decode_challenge_request,
     decode_command,
     decode_request,
+    denies,
     encode_result,
+    open_deny_list,
     proof,
 )
 from kommune.protocols.hmac_sha256 import HmacKey, equal
 from kommune.protocols.lock_wire import (
+    CMD_DENY_SET,
     CMD_EPOCH_SET,
     CMD_TIME_SET,
     MSG_AUDIT_ACK,
+    MSG_CHALLENGE_REQUEST,
     MSG_COMMAND,
+    MSG_DENY_LIST,
     MSG_REQUEST,
     NONCE_BYTES,
     OK,
@@ -105,6 +119,8 @@ ACT_SET_EPOCH = const(6)  # an ok epoch set (verifier.epoch is set; persist it)
 ACT_AUDIT_ACK = const(7)  # an ok ack: the log was pruned; persist it
 ACT_REFUSE = const(8)  # an authentic refusal: notify the reply, keep the connection
 ACT_DROP = const(9)  # notify the reply, then disconnect the peer
+ACT_CHALLENGE = const(10)  # a CHALLENGE_REQUEST: no reply; notify the next challenge
+ACT_SET_DENY = const(11)  # a newer deny-list: persist verifier.deny, then reply
 
 # ticks_ms() wraps; every port's period is a multiple of 2**30, so differences
 # modulo 2**30 are right for intervals under 2**29 ms (6.2 days).
@@ -211,7 +227,8 @@ class LockVerifier:
     ) -> None:
         self.lock_id = lock_id
         self._token_key = SealKey(token_key)
-        self._edge_key = lock_key(edge_key)
+        self._edge_key = lock_key(edge_key)  # MACs commands, acks, their RESULTs
+        self._edge_raw = bytes(edge_key)  # deny-lists are sealed under it (rare: SealKey then)
         check_distinct(self._token_key.mac, self._edge_key, audit.mac_key)
         self.epoch = epoch  # revocation epoch; persisted by the firmware
         self.audit = audit
@@ -226,6 +243,13 @@ class LockVerifier:
         # audit.last_time_s): no REQUEST is served until an edge time set.
         # Persisted by the firmware.
         self.needs_time = needs_time
+        # The newest deny-list this lock has accepted, (epoch, version, body):
+        # persisted by the firmware on ACT_SET_DENY, restored by load_deny.
+        self.deny = NO_DENY
+        # Set by the firmware while its bolt is faulty (nonzero: firmware-
+        # defined fault code): unlock requests are refused mechanism_fault
+        # before the motor runs. Admin and lock requests are still served.
+        self.mechanism_fault = 0
         # Lock clock may move this far (s) between a challenge and its answer.
         self.clock_slack_s = (relay_bound_ms + 999) // 1000 + 1
         self._conns: list[Connection] = []
@@ -236,6 +260,31 @@ class LockVerifier:
     @property
     def clock_floor_s(self) -> int:
         return self.audit.last_time_s
+
+    def load_deny(self, epoch: int, version: int, body: bytes) -> None:
+        # At boot: the deny-list the firmware persisted (verifier.deny).
+        check_deny_body(body)
+        self.deny = (epoch, version, bytes(body))
+
+    def restatus(self, v: Verdict, message: bytes, status: str) -> bytes:
+        # The firmware could not carry out an ok verdict on `message` (the
+        # bolt did not reach its end): the authenticated RESULT of the same
+        # request with another status replaces v.reply, and the verdict
+        # becomes a refusal not charged to the peer. The log is unchanged:
+        # the firmware logs what the mechanism did.
+        if v.reply[:1] != b"\x03" or message[:1] != bytes((v.kind,)):  # 0x03: a RESULT
+            raise ProtocolError(BAD_VALUE, "no RESULT to restate")
+        key = self._edge_key
+        if v.token is not None:
+            key = HmacKey(tokens.session_key(self._token_key, v.token))
+        v.status = status
+        v.reply = encode_result(
+            key, self.lock_id, message[2:18], message[18:34], kind=v.kind, op=v.op, status=status
+        )
+        if status != OK:
+            v.action = ACT_REFUSE
+            v.counts = False
+        return v.reply
 
     def connect(self, now_ms: int) -> Connection:
         # A new BLE connection. Past max_connections one is closed (its peer
@@ -334,6 +383,15 @@ class LockVerifier:
                 v = self._command(conn, data, now_ms, clock_s)
             elif kind == MSG_AUDIT_ACK:
                 v = self._ack(conn, data)
+            elif kind == MSG_CHALLENGE_REQUEST:
+                # Not logged: it proves nothing, and costs one challenge.
+                try:
+                    decode_challenge_request(data)
+                    v = Verdict(kind, 0, OK, b"", ACT_CHALLENGE)
+                except ProtocolError as e:
+                    v = _notice(kind, 0, e.reason)
+            elif kind == MSG_DENY_LIST:
+                v = self._deny(conn, data, clock_s)
             else:
                 v = _notice(kind, 0, UNKNOWN_TYPE if data else TRUNCATED)
         finally:
@@ -423,6 +481,11 @@ class LockVerifier:
             tokens.authorize(tok, clock_s, self.epoch, op, self.skew_s)
         except ProtocolError as e:
             return e.reason
+        body = self.deny[2]
+        if len(body) > 2 and denies(body, tok.token_id, tok.holder_id):
+            return REVOKED
+        if op == RIGHT_UNLOCK and self.mechanism_fault:
+            return MECHANISM_FAULT
         return OK
 
     def _command(self, conn: Connection, data: bytes, now_ms: int, clock_s: int) -> Verdict:
@@ -467,6 +530,31 @@ class LockVerifier:
             self.audit.last_time_s = cmd.value
             self.needs_time = False
         return Verdict(MSG_COMMAND, cmd.cmd, status, reply, action, value=cmd.value)
+
+    def _deny(self, conn: Connection, data: bytes, clock_s: int) -> Verdict:
+        # A sealed deny-list from the edge; not bound to a challenge (a phone
+        # may carry it), so only a newer one than the lock holds is taken.
+        try:
+            new = open_deny_list(data, SealKey(self._edge_raw), self.lock_id)
+        except ProtocolError as e:
+            return _notice(MSG_DENY_LIST, 0, e.reason)
+        if new[:2] > self.deny[:2]:
+            # Only a newer list proves the edge: an old one may be replayed by
+            # anyone, and must not keep a squatter's connection from eviction.
+            conn.proven = True
+            self.deny = new
+            # Logged: the lock's policy changed, to this list (epoch, version).
+            self.audit.append(clock_s, EVENT_COMMAND, CMD_DENY_SET, OK, token_id=new[0], arg=new[1])
+            v = _notice(MSG_DENY_LIST, 0, OK, ACT_SET_DENY)
+        elif new == self.deny:
+            v = _notice(MSG_DENY_LIST, 0, OK, ACT_SET_DENY)  # the same list again (not logged)
+        else:
+            # Older than the lock's (or the same version with other ids: an
+            # edge fault). Genuine, so not charged.
+            v = _notice(MSG_DENY_LIST, 0, BAD_VALUE, ACT_REFUSE)
+            v.counts = False
+        v.value = new[1]
+        return v
 
     def _ack(self, conn: Connection, data: bytes) -> Verdict:
         # Not logged: the edge holds every acked entry, and logging an ack

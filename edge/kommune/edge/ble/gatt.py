@@ -71,6 +71,16 @@ def forget(address: str) -> None:
     _cache.pop(address.upper(), None)
 
 
+def cached(address: str) -> CachedDatabase | None:
+    """A peer's database as discovered in this process (to keep it across processes)."""
+    return _cache.get(address.upper())
+
+
+def preload(address: str, database: CachedDatabase) -> None:
+    """Use `database` for the peer (e.g. from a cache file); checked as any cached one."""
+    _cache[address.upper()] = database
+
+
 async def load_services(client: Client, address: str, *, use_cache: bool) -> None:
     """Fill `client.services` (characteristics and descriptors too), from cache if valid."""
     key = address.upper()
