@@ -171,6 +171,17 @@ async def test_connect_by_address_and_services_come_from_the_cache(rig: Rig) -> 
     assert rediscovered == discovered
 
 
+async def test_subscribing_after_a_fresh_discovery_costs_one_write(rig: Rig) -> None:
+    """The descriptors found at connect are not looked up again by start_notify: the
+    subscription is the CCCD write alone (a notification sent right behind it is heard)."""
+    forget_cached_services(LOCK_ADDRESS)
+    async with client(rig, LOCK_ADDRESS, use_cached_services=False) as c:
+        before = (await rig.air.stats("edge", "lock")).stats.pdus_delivered
+        await c.start_notify(ECHO_CHAR, NotificationQueue())
+        after = (await rig.air.stats("edge", "lock")).stats.pdus_delivered
+    assert after - before == 2  # Write Request, Write Response
+
+
 async def test_a_changed_gatt_table_is_rediscovered_despite_the_cache() -> None:
     async with running_air() as air:
         lock = await air.add_device("lock", LOCK_ADDRESS)

@@ -286,11 +286,6 @@ class Lock:
             if ask:
                 # The subscription and the CHALLENGE_REQUEST in one round trip: the
                 # request goes as a write without response behind the CCCD write.
-                # (Bumble's discover_descriptors leaves descriptors_discovered False,
-                # and then subscribe() discovers them again -- a round trip -- before
-                # it registers the subscriber: the CHALLENGE would overtake it.)
-                proxy = client.services.get_characteristic(HANDSHAKE).obj
-                proxy.descriptors_discovered = True
                 link.asked_at = time.monotonic()
                 await asyncio.gather(
                     client.start_notify(HANDSHAKE, link.queue),

@@ -98,6 +98,10 @@ async def _discover(client: Client) -> CachedDatabase:
         await client.discover_characteristics((), service)
         for characteristic in service.characteristics:
             await client.discover_descriptors(characteristic)
+            # Bumble leaves this False after a discovery of its own, and subscribe()
+            # would then discover the descriptors again: a round trip, during which a
+            # notification the subscription was meant for could arrive unheard.
+            characteristic.descriptors_discovered = True
     database = CachedDatabase(tuple(map(_freeze, services)), None)
     hash_handle = database.handle_of(gatt.GATT_DATABASE_HASH_CHARACTERISTIC)
     if hash_handle is not None:
