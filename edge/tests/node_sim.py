@@ -8,6 +8,12 @@ was acknowledged.
         await node.send(runtime.Hello(kind=runtime.KIND_PARKING, boot_count=3))
         await node.send(parking.Occupancy(state=1, event_seq=1))
         node.acked      # [(seq, message), ...] in the order they were acked
+
+It also takes the edge's commands as a node does: frames to its address, to a group in
+`groups` or to BROADCAST; those asking for an ack are answered as `decide(frame, msg)`
+says (None: Ack, a NACK_* code: Nack, DROP: nothing, as if the frame was lost), once per
+seq -- a retransmission (FLAG_RETRY) of a frame it answered gets the same answer again
+without being acted on twice (`commands` holds what it acted on, `copies` every frame).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from kommune.protocols.errors import ProtocolError
 from kommune.protocols.message import Message, decode_frame, encode_frame
 
 HOST = "127.0.0.1"
+#: decide() -> DROP: the frame is lost (no answer, not acted on).
+DROP = -1
 
 
 def free_udp_port() -> int:
@@ -78,6 +86,15 @@ class SimNode(asyncio.DatagramProtocol):
         self.received: list[Message] = []
         self.sent = 0
         self.retries = 0
+        #: Groups whose frames it takes (frame.accepts).
+        self.groups: set[int] = set()
+        #: How it answers a command (see the module docstring); acks everything by default.
+        self.decide: Callable[[F.Frame, Message], int | None] = lambda _f, _m: None
+        #: Commands acted on, once per seq; every copy received: (seq, flags, message).
+        self.commands: list[Message] = []
+        self.copies: list[tuple[int, int, Message]] = []
+        self._copy_arrived = asyncio.Event()
+        self._answered: dict[int, int | None] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._waiting_seq: int | None = None
         self._answer: asyncio.Future[int] | None = None
@@ -149,7 +166,7 @@ class SimNode(asyncio.DatagramProtocol):
             msg = decode_frame(frame)
         except ProtocolError:
             return
-        if frame.dst != self.node:
+        if not F.accepts(frame.dst, self.node, list(self.groups)):
             return
         if isinstance(msg, runtime.Ack | runtime.Nack):
             self.answers.append(
@@ -160,6 +177,41 @@ class SimNode(asyncio.DatagramProtocol):
                 answer.set_result(msg.code if isinstance(msg, runtime.Nack) else -1)
             return
         self.received.append(msg)
+        self._take_command(frame, msg)
+
+    def _take_command(self, frame: F.Frame, msg: Message) -> None:
+        self.copies.append((frame.seq, frame.flags, msg))
+        self._copy_arrived.set()
+        ask = frame.ack_requested()
+        if ask and frame.flags & F.FLAG_RETRY and frame.seq in self._answered:
+            self._reply(frame.seq, self._answered[frame.seq])  # our answer was lost
+            return
+        code = self.decide(frame, msg)
+        if code == DROP:
+            return
+        if code != runtime.NACK_BUSY:
+            self.commands.append(msg)
+            if code is None and isinstance(msg, runtime.Groups):
+                self.groups = set(msg.groups)  # as a node's runtime keeps them
+        if ask:
+            if code != runtime.NACK_BUSY:
+                self._answered[frame.seq] = code
+            self._reply(frame.seq, code)
+
+    async def wait_copies(self, count: int, timeout_s: float = 5.0) -> None:
+        """Until `count` frames from the edge have arrived (copies included)."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.copies) < count:
+                self._copy_arrived.clear()
+                await self._copy_arrived.wait()
+
+    def _reply(self, seq: int, code: int | None) -> None:
+        answer: Message = (
+            runtime.Ack(acked_seq=seq) if code is None else runtime.Nack(acked_seq=seq, code=code)
+        )
+        own = self.next_seq
+        self.next_seq = (own + 1) & 0xFFFF
+        self.send_raw(encode_frame(answer, dst=F.EDGE, src=self.node, seq=own))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the agent is down: the retry timer handles it.

@@ -1,7 +1,8 @@
 """An emulated street lamp for the tests: the lamp firmware (compiled with mpy-cross, as a
 bundle ships it) on an esp32-lamp board, and the edge's end of its node link played by
-the test (`EdgeEnd`) -- or, in the end-to-end tests, the real agent on the link with the
-test writing commands beside it (`CommandWriter`).
+the test (`EdgeEnd`) -- or, in the end-to-end tests, the real agent on the link: it
+commands lamps on a street itself (its lamp control loop), or the test writes commands
+beside it (`CommandWriter`) for lamps on no street.
 
     lamp = start_lamp(make_board, settings={"silence_s": 2})
     with EdgeEnd(lamp.board.link) as edge:                 # acks, answers TimeRequests
@@ -300,19 +301,25 @@ KOMMUNE = str(Path(sys.executable).with_name("kommune"))
 AGENT_ID = "lamp-agent"
 
 
-def site_file(folder: Path, *, link: str, broker_port: int, nodes: tuple[int, ...]) -> Path:
+def site_file(
+    folder: Path, *, link: str, broker_port: int, nodes: tuple[int, ...], street: bool = True
+) -> Path:
     """A site with one serial link to `nodes` (all lamps on one street) and a broker;
-    telemetry batches close after 0.1 s so reports reach the backend at once."""
+    telemetry batches close after 0.1 s so reports reach the backend at once. With
+    street=False the lamps are on no street: the agent takes their reports but its lamp
+    control loop leaves them alone (a test that commands them itself)."""
     node_list = ", ".join(str(n) for n in nodes)
     path = folder / "site.toml"
-    path.write_text(
+    text = (
         f'[agent]\nid = "{AGENT_ID}"\nsite = "lab"\n\n'
         f'[broker]\nhost = "127.0.0.1"\ntls = false\nport = {broker_port}\n\n'
         '[outbox]\ndir = "state"\n\n[health]\nbind = "127.0.0.1:0"\n\n'
         "[uplink.telemetry]\nbatch_age_s = 0.1\n\n"
         f'[[links]]\nid = "street"\nserial = "{link}"\nnodes = [{node_list}]\n\n'
-        f'[[streets]]\nname = "storgata"\nlamps = [{node_list}]\n'
     )
+    if street:
+        text += f'[[streets]]\nname = "storgata"\nlamps = [{node_list}]\n'
+    path.write_text(text)
     return path
 
 

@@ -3,8 +3,9 @@ reports reaches a backend exactly once, though a lossy line makes it retransmit 
 power cut reboots it; a command written on the link beside the agent reaches the lamp's
 PWM.
 
-The agent has no command path to nodes yet (its lamp control loop is a later task), so
-the test writes the SetLevel on the link itself, as the control loop will."""
+The lamp is on no street, so the agent's lamp control loop leaves it alone and the
+test writes its SetLevel on the link itself (test_lamp_control.py has the agent command
+lamps on a street)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ async def test_lamp_reports_reach_the_backend_exactly_once_through_the_agent(
         wait=False,
     )
     board = lamp.board
-    site = site_file(tmp_path, link=board.link, broker_port=mosquitto.port, nodes=(ADDRESS,))
+    site = site_file(
+        tmp_path, link=board.link, broker_port=mosquitto.port, nodes=(ADDRESS,), street=False
+    )
     node, lamp_streams = f"node-{ADDRESS}/", f"lamp-{ADDRESS}/"
     async with Backend("127.0.0.1", mosquitto.port) as backend:
         agent = Agent(site)

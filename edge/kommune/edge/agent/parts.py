@@ -76,6 +76,25 @@ def _links(w: Wiring) -> Part | None:
     return LinksPart(w.site, w.part("outbox", OutboxPart))
 
 
+def _lighting(w: Wiring) -> Part | None:
+    if not w.site.links or not any(street.lamps for street in w.site.streets):
+        return None
+    from kommune.edge.agent.outbox_part import OutboxPart
+    from kommune.edge.lighting.part import LightingPart
+    from kommune.edge.links.part import LinksPart
+
+    return LightingPart(w.site, w.part("links", LinksPart), w.part("outbox", OutboxPart))
+
+
+def _parking(w: Wiring) -> Part | None:
+    if w.site.parking is None or not any(street.bays for street in w.site.streets):
+        return None
+    from kommune.edge.agent.outbox_part import OutboxPart
+    from kommune.edge.parking.part import ParkingPart
+
+    return ParkingPart(w.site, w.part("outbox", OutboxPart))
+
+
 def _downlink(w: Wiring) -> Part | None:
     if w.site.downlink.backend_key is None:
         return None  # no key, no downlinks: nothing is subscribed (the uplink says so)
@@ -83,6 +102,17 @@ def _downlink(w: Wiring) -> Part | None:
     from kommune.edge.agent.outbox_part import OutboxPart
 
     return DownlinkPart(w.site, w.part("outbox", OutboxPart))
+
+
+def _locks(w: Wiring) -> Part | None:
+    if not w.site.locks:
+        return None
+    from kommune.edge.agent.downlink_part import DownlinkPart
+    from kommune.edge.agent.outbox_part import OutboxPart
+    from kommune.edge.locks.part import LockManagerPart
+
+    downlinks = w.part("downlink", DownlinkPart) if w.site.downlink.backend_key else None
+    return LockManagerPart(w.site, w.part("outbox", OutboxPart), downlinks=downlinks)
 
 
 def _uplink(w: Wiring) -> Part:
@@ -108,6 +138,15 @@ PARTS: tuple[PartSpec, ...] = (
     # Node links append to the outbox and ack each frame after its commit; a serial
     # device that is missing or went away is tried again while the rest runs.
     PartSpec(_links),
+    # The lamp control loop: Presence from the links in, SetLevel commands out; stops
+    # before the links (which end the commands still retransmitting).
+    PartSpec(_lighting),
+    # BLE reports from the streets' parking bays ([parking]): verified, seq kept
+    # durably, then committed to the outbox.
+    PartSpec(_parking),
+    # BLE door locks ([[locks]]): visited on a schedule; audit entries committed to the
+    # outbox before the lock is told it may prune them.
+    PartSpec(_locks),
     # Stops first (the host stops in reverse) and drains for up to its drain_s: a bigger
     # share of the stop budget.
     PartSpec(_uplink, stop_weight=6.0),

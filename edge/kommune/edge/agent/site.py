@@ -156,12 +156,83 @@ class LockConfig:
     ble: str
 
 
+#: The lock manager's defaults ([lock_manager]), seconds.
+DEFAULT_LOCK_VISIT_INTERVAL_S: Final = 900.0
+DEFAULT_LOCK_MAX_DRIFT_S: Final = 5
+DEFAULT_LOCK_CONNECT_TIMEOUT_S: Final = 10.0
+DEFAULT_LOCK_VISIT_TIMEOUT_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LockManagerConfig:
+    """How the lock manager visits the `[[locks]]` ([lock_manager]; all optional)."""
+
+    #: The key store (site key, epochs, deny-lists, audit anchors); None: the
+    #: KOMMUNE_KEYSTORE environment variable, else keystore.default_path().
+    keystore: Path | None = None
+    #: Each lock is visited this often (and on demand); failed visits are retried
+    #: sooner, backing off up to this.
+    visit_interval_s: float = DEFAULT_LOCK_VISIT_INTERVAL_S
+    #: The lock's clock is set when it is further than this from the agent's.
+    max_clock_drift_s: int = DEFAULT_LOCK_MAX_DRIFT_S
+    connect_timeout_s: float = DEFAULT_LOCK_CONNECT_TIMEOUT_S
+    #: A whole visit (scan, connect, every exchange) ends after this.
+    visit_timeout_s: float = DEFAULT_LOCK_VISIT_TIMEOUT_S
+    #: The Bumble HCI transport (e.g. "usb:0"); None: KOMMUNE_BLE_TRANSPORT, else the
+    #: platform's BLE (BlueZ).
+    transport: str | None = None
+
+
+#: Lamp control defaults ([[streets]]): light output in % of full, seconds.
+DEFAULT_IDLE_PERCENT: Final = 20.0
+DEFAULT_ON_PERCENT: Final = 100.0
+DEFAULT_HOLD_S: Final = 30.0
+DEFAULT_FADE_S: Final = 2.0
+DEFAULT_AHEAD: Final = 2
+DEFAULT_BEHIND: Final = 1
+#: Group ids (protocols/README.md, "Addresses"), and groups a node can be in.
+GROUP_MAX: Final = 4094
+GROUPS_PER_NODE: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """A lamp group ([[streets.groups]]): one frame to group address 0xF000 + id sets
+    all its lamps."""
+
+    id: int
+    lamps: tuple[int, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class StreetConfig:
     name: str
-    #: Node ids of the street's lamps and of its bays' parking sensors (one per bay).
+    #: Node ids of the street's lamps and of its bays' parking sensors (one per bay), in
+    #: their order along the street.
     lamps: tuple[int, ...] = ()
     bays: tuple[int, ...] = ()
+    #: Presence at a lamp lights it, `ahead` lamps after it and `behind` lamps before it.
+    ahead: int = DEFAULT_AHEAD
+    behind: int = DEFAULT_BEHIND
+    #: Light output (% of full) with nobody there, and when someone is.
+    idle_percent: float = DEFAULT_IDLE_PERCENT
+    on_percent: float = DEFAULT_ON_PERCENT
+    #: Kept on this long after presence ended, then faded to idle over fade_s.
+    hold_s: float = DEFAULT_HOLD_S
+    fade_s: float = DEFAULT_FADE_S
+    groups: tuple[GroupConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParkingConfig:
+    """The parking scanner ([parking]): BLE reports from the streets' bays."""
+
+    #: The bays' report keys: a JSON object of node id -> 64 hex digits, mode 0600
+    #: (kommune.edge.parking_keys.parking_key derives them from the site key).
+    keys: Path
+    #: The Bumble HCI transport to scan on (e.g. "usb:0"); None: KOMMUNE_BLE_TRANSPORT,
+    #: else the platform's BLE (BlueZ).
+    transport: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +290,9 @@ class Site:
     health: HealthConfig = field(default_factory=HealthConfig)
     downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    #: None: no parking scanner (no [parking]).
+    parking: ParkingConfig | None = None
+    lock_manager: LockManagerConfig = field(default_factory=LockManagerConfig)
 
 
 def read_password(broker: BrokerConfig) -> str | None:
@@ -460,6 +534,8 @@ class _Reader:
     base: Path
     environ: Mapping[str, str]
     euid: int
+    #: [parking] is there: a street's bays may be BLE sensors on no link.
+    ble_bays: bool = False
 
     def path(self, table: _Table, name: str, what: str) -> Path | None:
         text = table.string(name, expected=f"the path of {what}")
@@ -476,15 +552,31 @@ class _Reader:
         broker = self.broker(top.table("broker", required="at least host"))
         links = tuple(link for t in top.tables("links") if (link := self.link(t)) is not None)
         locks = tuple(lock for t in top.tables("locks") if (lock := self.lock(t)) is not None)
+        lock_manager = self.lock_manager(top.table("lock_manager"))
         streets = tuple(s for t in top.tables("streets") if (s := self.street(t)) is not None)
         health = self.health(top.table("health"))
         downlink = self.downlink(top.table("downlink"))
         uplink = self.uplink(top.table("uplink"))
+        parking = self.parking(top.table("parking"))
+        self.ble_bays = parking is not None  # bays may report over BLE, on no link
         top.finish()
         self.check_links(links)
         self.check_locks(locks)
         self.check_streets(streets, links)
-        return Site(source, agent, outbox, broker, links, locks, streets, health, downlink, uplink)
+        return Site(
+            source,
+            agent,
+            outbox,
+            broker,
+            links,
+            locks,
+            streets,
+            health,
+            downlink,
+            uplink,
+            parking,
+            lock_manager=lock_manager,
+        )
 
     def agent(self, t: _Table | None) -> AgentConfig:
         if t is None:
@@ -638,6 +730,29 @@ class _Reader:
         t.finish()
         return None if ident is None or ble is None else LockConfig(ident, ble.upper())
 
+    def lock_manager(self, t: _Table | None) -> LockManagerConfig:
+        if t is None:
+            return LockManagerConfig()
+        keystore = self.path(t, "keystore", "the key store folder (kommune provision, token)")
+        interval = t.number("visit_interval_s", 1, 7 * 86_400)
+        drift = t.integer("max_clock_drift_s", 1, 3600)
+        connect = t.number("connect_timeout_s", 1, 300)
+        visit = t.number("visit_timeout_s", 5, 3600)
+        transport = t.string("transport", expected="a Bumble transport spec, e.g. 'usb:0'")
+        t.finish()
+        connect = DEFAULT_LOCK_CONNECT_TIMEOUT_S if connect is None else connect
+        visit = DEFAULT_LOCK_VISIT_TIMEOUT_S if visit is None else visit
+        if visit < connect:
+            t.problem("visit_timeout_s", f"must be at least connect_timeout_s ({connect:g})")
+        return LockManagerConfig(
+            keystore,
+            DEFAULT_LOCK_VISIT_INTERVAL_S if interval is None else interval,
+            DEFAULT_LOCK_MAX_DRIFT_S if drift is None else drift,
+            connect,
+            visit,
+            transport,
+        )
+
     def street(self, t: _Table) -> StreetConfig | None:
         name = t.string(
             "name",
@@ -652,8 +767,57 @@ class _Reader:
         )
         if well_typed and not lamps and not bays:
             t.problem("lamps", "a street needs lamps, bays or both")
+        ahead = t.integer("ahead", 0, 64)
+        behind = t.integer("behind", 0, 64)
+        idle = t.number("idle_percent", 0, 100)
+        on = t.number("on_percent", 0.1, 100)
+        idle = DEFAULT_IDLE_PERCENT if idle is None else idle
+        on = DEFAULT_ON_PERCENT if on is None else on
+        if idle > on and (t.has("idle_percent") or t.has("on_percent")):
+            which = "on_percent" if t.has("on_percent") else "idle_percent"
+            t.problem(which, f"on_percent ({on:g}) must be at least idle_percent ({idle:g})")
+        hold = t.number("hold_s", 0, 3600)
+        fade = t.number("fade_s", 0, 65.535)
+        groups = tuple(g for gt in t.tables("groups") if (g := self.group(gt, lamps)) is not None)
         t.finish()
-        return None if name is None else StreetConfig(name, lamps or (), bays or ())
+        if name is None:
+            return None
+        return StreetConfig(
+            name,
+            lamps or (),
+            bays or (),
+            DEFAULT_AHEAD if ahead is None else ahead,
+            DEFAULT_BEHIND if behind is None else behind,
+            idle,
+            on,
+            DEFAULT_HOLD_S if hold is None else hold,
+            DEFAULT_FADE_S if fade is None else fade,
+            groups,
+        )
+
+    def group(self, t: _Table, street_lamps: tuple[int, ...] | None) -> GroupConfig | None:
+        ident = t.integer("id", 0, GROUP_MAX, required=f"the group's id, 0-{GROUP_MAX}")
+        lamps = t.integers("lamps", NODE_MIN, NODE_MAX, "lamp node ids")
+        if lamps is None and not t.has("lamps"):
+            t.problem("lamps", "required: the lamps of the group, e.g. [1, 2, 3]")
+        elif lamps == ():
+            t.problem("lamps", "expected at least one lamp")
+        elif lamps is not None:
+            for lamp in lamps:
+                if lamp not in (street_lamps or ()):
+                    t.problem("lamps", f"lamp {lamp} is not one of the street's lamps")
+        t.finish()
+        return None if ident is None or not lamps else GroupConfig(ident, lamps)
+
+    def parking(self, t: _Table | None) -> ParkingConfig | None:
+        if t is None:
+            return None
+        keys = self.path(t, "keys", "the bays' report keys (JSON, mode 0600)")
+        if keys is None and not t.has("keys"):
+            t.problem("keys", "required: the path of the bays' report keys (JSON)")
+        transport = t.string("transport", expected="a Bumble transport spec, e.g. 'usb:0'")
+        t.finish()
+        return None if keys is None else ParkingConfig(keys, transport)
 
     def health(self, t: _Table | None) -> HealthConfig:
         if t is None:
@@ -732,16 +896,31 @@ class _Reader:
         on_links = {node for link in links for node in link.nodes}
         names: dict[str, int] = {}
         placed: dict[int, str] = {}
+        group_ids: dict[int, str] = {}
+        in_groups: dict[int, int] = {}
         for i, street in enumerate(streets, 1):
             if street.name in names:
                 self.problems.append(
                     f"streets[{i}].name: {street.name!r} is also streets[{names[street.name]}]"
                 )
             names.setdefault(street.name, i)
+            for group in street.groups:
+                if group.id in group_ids:
+                    self.problems.append(
+                        f"streets[{i}].groups: group {group.id} is also in {group_ids[group.id]}"
+                    )
+                group_ids.setdefault(group.id, f"street {street.name!r}")
+                for lamp in group.lamps:
+                    in_groups[lamp] = in_groups.get(lamp, 0) + 1
+                    if in_groups[lamp] == GROUPS_PER_NODE + 1:
+                        self.problems.append(
+                            f"streets[{i}].groups: lamp {lamp} is in more than"
+                            f" {GROUPS_PER_NODE} groups (a node keeps {GROUPS_PER_NODE})"
+                        )
             for key, ids in (("lamps", street.lamps), ("bays", street.bays)):
                 for node in ids:
                     where = f"streets[{i}].{key}: node {node}"
-                    if node not in on_links:
+                    if node not in on_links and not (key == "bays" and self.ble_bays):
                         self.problems.append(f"{where} is on no link (add it to a link's nodes)")
                     if node in placed:
                         self.problems.append(f"{where} is also in {placed[node]}")

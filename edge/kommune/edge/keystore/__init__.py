@@ -328,6 +328,21 @@ class KeyStore:
         self._save_state()
         return epoch
 
+    def raise_epoch(self, lock_id: int, epoch: int) -> bool:
+        """Raise lock `lock_id`'s epoch to `epoch` if it is newer (a revocation decided
+        elsewhere: the backend's "lock-epoch" downlink); never lowers it. Like
+        `revoke_all`, it clears the old epoch's token deny-list. True if it changed."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= 0xFFFF_FFFF:
+            raise KeyStoreError(f"epoch {epoch!r} is not a u32")
+        entry = self._lock_state(lock_id)
+        if epoch <= int(entry["epoch"]):
+            return False
+        entry["epoch"] = epoch
+        entry["deny_tokens"] = {}
+        entry["deny_version"] = int(entry.get("deny_version", 0)) + 1
+        self._save_state()
+        return True
+
     def deny_version(self, lock_id: int) -> int:
         """Goes up with every change of the lock's deny-list (a lock keeps the newest)."""
         return int(self._lock_state(lock_id).get("deny_version", 0))

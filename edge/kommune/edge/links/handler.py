@@ -12,6 +12,11 @@ gathers, so batches grow with the load — and acknowledges each frame of the ba
 after that append returned: committed, or recognised by the outbox as a retransmission
 of an event it has. Frames of one node are appended in the order they arrived.
 
+The edge's own frames to nodes (commands.py) go out through the same `send`; a node's
+Ack/Nack is handed to the command waiting for it, and messages other parts subscribed
+to (the lamp control loop: Presence, Hello) are handed to them as they arrive. The
+edge's frames on a link share one seq counter that starts at a random value.
+
 Push-back: an append refused with OutboxFull is answered `Nack(busy)` for every frame
 of the batch that asked for an ack (busy is "keep it, retry later with the same seq");
 any other outbox failure, or the agent stopping, gets no answer at all, so the node
@@ -22,17 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from kommune.edge.links.boots import BootCounts
+from kommune.edge.links.commands import Commands, NodeHealth
 from kommune.edge.links.readings import BAY_TYPES, LAMP_TYPES, TABLE, events_of, source_seq
 from kommune.edge.northbound import Event
 from kommune.edge.outbox.errors import OutboxClosed, OutboxError, OutboxFull
 from kommune.edge.outbox.schema import check_event
+from kommune.protocols import frame as F
 from kommune.protocols import runtime
 from kommune.protocols.errors import ProtocolError
 from kommune.protocols.frame import EDGE, Frame
@@ -74,6 +82,12 @@ class Appender(Protocol):
     async def append(self, events: Sequence[Event]) -> list[int | None]: ...
 
 
+#: Who wants a kind of message as it arrives (the lamp control loop: Presence):
+#: callback(node, message), called once per frame (not for a retransmission the link
+#: recognised), synchronously in the transport's callback: it must not block.
+Subscriber = Callable[[int, Message], None]
+
+
 #: How a transport sends wire bytes to a node: (wire, peer) where peer is what came with
 #: the node's last frame (a UDP address; None on a serial line).
 Send = Callable[[bytes, Any], None]
@@ -113,6 +127,8 @@ class LinkHandler:
         clock_ms: Callable[[], int] = wall_clock_ms,
         max_batch_events: int = MAX_BATCH_EVENTS,
         max_waiting_frames: int = MAX_WAITING_FRAMES,
+        subscribers: Mapping[int, Sequence[Subscriber]] | None = None,
+        first_heard: Sequence[Callable[[int], None]] = (),
     ) -> None:
         self.link_id = link_id
         self.nodes = nodes
@@ -137,7 +153,25 @@ class LinkHandler:
         self._recent: dict[int, dict[int, bytes]] = {}
         self._heard: set[int] = set()
         self._unknown_logged: dict[int, float] = {}
-        self._out_seq = 0
+        # A random first seq at every start: a node's dedup (which remembers the answers
+        # to the edge's last few seqs) never takes a new command for a retransmission of
+        # one the last agent sent.
+        self._out_seq = int.from_bytes(os.urandom(2), "big")
+        #: Message type -> who wants it (the links part's table, shared).
+        self.subscribers: Mapping[int, Sequence[Subscriber]] = (
+            {} if subscribers is None else subscribers
+        )
+        #: Called with a node's address the first time it is heard since the start (on a
+        #: UDP link: from now on it can be commanded).
+        self.first_heard = first_heard
+        self.subscriber_errors = 0
+        #: Per node: last heard, commands pending and failed.
+        self.node_health: dict[int, NodeHealth] = {}
+        #: Where each node's last frame came from (a UDP address; None on a serial line).
+        self.peers: dict[int, Any] = {}
+        #: A UDP link reaches only nodes it has heard (their address); a serial line all.
+        self.peer_required = False
+        self.commands = Commands(link_id, self._write_to, self._next_seq, self.node_health)
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -155,11 +189,13 @@ class LinkHandler:
         unanswered (its nodes retransmit to the next agent)."""
         self._closing = True
         self._wake.set()
+        self.commands.close()
 
     async def drain(self) -> None:
         """Wait for the append under way and its acknowledgements (after close())."""
         if self._task is not None:
             await asyncio.wait({self._task})
+        await self.commands.wait_closed()
 
     def fail(self, error: BaseException) -> None:
         if not self.failure.done():
@@ -199,12 +235,26 @@ class LinkHandler:
         if frame.dst != EDGE:
             results["not_for_edge"] += 1
             return
+        first = node not in self._heard
         self._heard.add(node)
         self.last_frame_at = time.monotonic()
+        self.peers[node] = peer
+        if first:
+            self._tell(self.first_heard, node)
+        health = self.node_health.get(node)
+        if health is None:
+            health = self.node_health[node] = NodeHealth()
+        health.last_heard = time.time()
         msg_type = frame.msg_type
         ack = frame.ack_requested()
         if msg_type in (runtime.ACK, runtime.NACK):
             results["answer"] += 1
+            try:
+                answer = decode_frame(frame)
+            except ProtocolError:
+                return
+            assert isinstance(answer, runtime.Ack | runtime.Nack)
+            self.commands.answer(node, answer)
             return
         if (
             msg_type not in TABLE
@@ -248,6 +298,12 @@ class LinkHandler:
         if self._in_flight.get(key) == content:
             results["duplicate"] += 1  # waiting for its commit: acked with the first copy
             return
+        for subscriber in self.subscribers.get(msg_type, ()):
+            try:
+                subscriber(node, msg)
+            except Exception:
+                self.subscriber_errors += 1
+                log.exception("link %s: a subscriber to %r failed", self.link_id, msg)
         events = events_of(node, msg, seq, self.clock_ms())
         if not events:
             results["local"] += 1
@@ -362,6 +418,37 @@ class LinkHandler:
             log.debug("link %s: cannot answer node %d: %s", self.link_id, node, e)
             return False
         return True
+
+    def _tell(self, callbacks: Sequence[Callable[[int], None]], node: int) -> None:
+        for callback in callbacks:
+            try:
+                callback(node)
+            except Exception:
+                self.subscriber_errors += 1
+                log.exception("link %s: a callback for node %d failed", self.link_id, node)
+
+    def _write_to(self, wire: bytes, dst: int) -> bool:
+        """A frame of the edge's own towards `dst` (a node, a group, BROADCAST); False if
+        no node it is for can be reached. On a UDP link a group or broadcast frame goes to
+        every node heard (each takes what its groups accept)."""
+        if not self.peer_required:
+            peers = [None]
+        elif dst in self.peers:
+            peers = [self.peers[dst]]
+        elif F.is_unicast(dst):
+            return False
+        else:
+            peers = list(self.peers.values())
+        sent = False
+        for peer in peers:
+            try:
+                self.send(wire, peer)
+            except OSError as e:
+                self.send_errors += 1
+                log.debug("link %s: cannot send to %d: %s", self.link_id, dst, e)
+            else:
+                sent = True
+        return sent or not self.peer_required  # a serial write that failed is a lost frame
 
     def _ack(self, node: int, seq: int, peer: Any) -> None:
         if self._send(node, runtime.Ack(acked_seq=seq), peer):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from kommune.edge.agent.logs import fields
@@ -13,10 +15,14 @@ from kommune.edge.agent.metrics import Labels, Metric, counter, gauge
 from kommune.edge.agent.outbox_part import OutboxPart
 from kommune.edge.agent.process import PartError
 from kommune.edge.agent.site import SerialLink, Site, UdpLink
+from kommune.edge.links import commands
 from kommune.edge.links.boots import BootCounts
-from kommune.edge.links.handler import RESULTS, LinkHandler
+from kommune.edge.links.commands import Outcome
+from kommune.edge.links.handler import RESULTS, LinkHandler, Subscriber
 from kommune.edge.links.serial import SerialTransport
 from kommune.edge.links.udp import UdpTransport
+from kommune.protocols import frame as F
+from kommune.protocols.message import Message
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,11 @@ class LinksPart:
             bays.update(street.bays)
         self._lamps = frozenset(lamps)
         self._bays = frozenset(bays)
+        #: group id -> its lamps (the site's [[streets.groups]]).
+        self._groups = {g.id: frozenset(g.lamps) for s in site.streets for g in s.groups}
+        #: message type -> subscribers, shared with every handler (also after a restart).
+        self._subscribers: dict[int, list[Subscriber]] = {}
+        self._first_heard: list[Callable[[int], None]] = []
 
     async def start(self) -> None:
         try:
@@ -63,6 +74,8 @@ class LinksPart:
                     boots=boots,
                     lamps=self._lamps,
                     bays=self._bays,
+                    subscribers=self._subscribers,
+                    first_heard=self._first_heard,
                 )
                 transport: Transport
                 if isinstance(link, UdpLink):
@@ -142,17 +155,73 @@ class LinksPart:
             for _, transport in links:
                 transport.close()
 
+    # -- for other parts ----------------------------------------------------------------
+
+    def subscribe(self, msg_type: int, subscriber: Subscriber) -> Callable[[], None]:
+        """Have `subscriber(node, message)` called for each frame of `msg_type` a node
+        sends (once per frame, in the link's receive callback: it must not block).
+        Returns what unsubscribes it."""
+        subscribers = self._subscribers.setdefault(msg_type, [])
+        subscribers.append(subscriber)
+        return lambda: subscribers.remove(subscriber)
+
+    def on_first_heard(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Have `callback(node)` called when a node is heard for the first time since
+        the links started (a UDP node can be commanded from then on). Returns what
+        removes it."""
+        self._first_heard.append(callback)
+        return lambda: self._first_heard.remove(callback)
+
+    def send(
+        self, dst: int, msg: Message, *, deadline_s: float | None = None
+    ) -> asyncio.Future[Outcome]:
+        """Command `dst`: a node (acked, retransmitted until `deadline_s`), a group
+        address (on every link with a lamp of the group; a group the site file does not
+        list goes on every link) or BROADCAST (every link). The first copy leaves before
+        this returns; await the result for the Outcome (a group's: "sent" once repeated),
+        cancel it to stop retransmitting. A node on no link: ValueError."""
+        if F.is_unicast(dst):
+            for handler, _ in self._links:
+                if dst in handler.nodes:
+                    return handler.commands.send(dst, msg, deadline_s=deadline_s)
+            if any(dst in link.nodes for link in self.site.links):
+                future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+                future.set_result(Outcome("unreachable", dst, 0, 0))  # links not started
+                return future
+            raise ValueError(f"node {dst} is on no link of the site file")
+        members = self._groups.get(F.group_of(dst)) if dst != F.BROADCAST else None
+        tasks = [
+            handler.commands.send(dst, msg)
+            for handler, _ in self._links
+            if members is None or not members.isdisjoint(handler.nodes)
+        ]
+        return asyncio.ensure_future(_first_of(dst, tasks))
+
     def health(self) -> dict[str, Any]:
         links = {}
+        now = time.time()
         for handler, transport in self._links:
+            nodes = {}
+            for node, h in sorted(handler.node_health.items()):
+                nodes[str(node)] = {
+                    "heard_s_ago": None if h.last_heard is None else round(now - h.last_heard, 1),
+                    "commands": h.commands,
+                    "pending": h.pending,
+                    "failures": h.failures,
+                    "round_trip_ms": None
+                    if h.round_trip_s is None
+                    else round(h.round_trip_s * 1000, 2),
+                }
             links[handler.link_id] = {
                 "where": transport.where,
                 "nodes": len(handler.nodes),
                 "nodes_heard": handler.nodes_heard,
                 "waiting": handler.waiting,
                 "frames": sum(handler.results.values()),
+                "commands_pending": handler.commands.pending,
                 "open": transport.is_open,
                 "failed": handler.failure.done(),
+                "per_node": nodes,
             }
         ok = all(v["open"] and not v["failed"] for v in links.values())
         return {"links": links, "ok": ok}
@@ -166,6 +235,11 @@ class LinksPart:
         heard: dict[Labels, float] = {}
         appends: dict[Labels, float] = {}
         appended: dict[Labels, float] = {}
+        command_results: dict[Labels, float] = {}
+        retries: dict[Labels, float] = {}
+        pending: dict[Labels, float] = {}
+        last_heard: dict[Labels, float] = {}
+        node_failures: dict[Labels, float] = {}
         for handler, _ in self._links:
             link = ("link", handler.link_id)
             for result in RESULTS:
@@ -179,6 +253,15 @@ class LinksPart:
             heard[(link,)] = handler.nodes_heard
             appends[(link,)] = handler.appends
             appended[(link,)] = handler.appended_frames
+            for result in commands.RESULTS:
+                command_results[(link, ("result", result))] = handler.commands.results[result]
+            retries[(link,)] = handler.commands.retries
+            pending[(link,)] = handler.commands.pending
+            for node, h in handler.node_health.items():
+                labels = (link, ("node", str(node)))
+                if h.last_heard is not None:
+                    last_heard[labels] = h.last_heard
+                node_failures[labels] = h.failures
         return [
             counter("link_frames_total", "frames from nodes, by what became of them", frames),
             counter("link_bad_packets_total", "packets that did not decode as a frame", bad),
@@ -188,4 +271,31 @@ class LinksPart:
             counter("link_appended_frames_total", "frames in those appends", appended),
             gauge("link_waiting_frames", "frames waiting for the outbox", waiting),
             gauge("link_nodes_heard", "nodes heard from since the agent started", heard),
+            counter("link_commands_total", "commands to nodes, by how they ended", command_results),
+            counter("link_command_retries_total", "command retransmissions", retries),
+            gauge("link_commands_pending", "commands waiting for their answer", pending),
+            gauge(
+                "link_node_last_heard_timestamp_seconds",
+                "when the node's last frame arrived, Unix time",
+                last_heard,
+            ),
+            counter(
+                "link_node_command_failures_total",
+                "commands to the node nacked, timed out or unreachable",
+                node_failures,
+            ),
         ]
+
+
+async def _first_of(dst: int, tasks: list[asyncio.Task[Outcome]]) -> Outcome:
+    """A group command's outcome over the links it went on: "sent" if it went on any."""
+    if not tasks:
+        return Outcome("unreachable", dst, 0, 0)
+    try:
+        outcomes = await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        raise
+    sent = [o for o in outcomes if o.result == "sent"]
+    return sent[0] if sent else outcomes[0]

@@ -65,6 +65,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._transport = transport
         self.port = sock.getsockname()[1]
         self.handler.send = self._send
+        self.handler.peer_required = True  # a node's address: where its frames came from
 
     @property
     def is_open(self) -> bool:

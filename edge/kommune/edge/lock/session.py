@@ -111,6 +111,11 @@ class LockLink:
         await self._write(message, "sending the request")
         return await self._next("waiting for the answer")
 
+    async def receive(self, what: str = "waiting for the lock") -> bytes:
+        """The lock's next notification (an audit batch after its RESULT, the CHALLENGE
+        it sends unasked after an answer)."""
+        return await self._next(what)
+
     async def read_status(self) -> str:
         from kommune.edge.lock.finder import STATUS_UUID
 
