@@ -22,12 +22,14 @@ SUITES = {
     "rig": "emulated board boot time, RAM per board, GATT round trip, boards per machine",
     "radio": "virtual BLE air: GATT round trip, connect + discovery, cached services",
     "uplink": "durable ingest vs raw SQLite, bytes on the wire vs per-event JSON, restart",
+    "unlock": "a phone opening the emulated lock at 15/30 ms intervals: round trips, times, heap",
 }
 
 EPILOG = """example:
   kommune bench protocols --json
   kommune bench rig --max-boards 400 --report /tmp/benches/
   kommune bench uplink --events 100000 --restart-rows 200000
+  kommune bench unlock --unlocks 50 --json
 
 --report PATH: an existing directory gets a dated file SUITE-YYYYmmdd-HHMMSS.json;
 any other PATH is the report file itself, written in its directory, which must
@@ -77,6 +79,14 @@ def add_parser(sub: Any, name: str, summary: str) -> None:
         metavar="N",
         help="uplink: rows queued before the restart is timed (default: 1,000,000)",
     )
+    p.add_argument(
+        "--unlocks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="unlock: cached unlocks per interval with and without the bolt's travel"
+        " (default: 200 each)",
+    )
     p.set_defaults(run=run)
 
 
@@ -85,6 +95,7 @@ _SUITE_OPTIONS = (
     ("max_boards", "--max-boards", 1),
     ("events", "--events", 1),
     ("restart_rows", "--restart-rows", 1),
+    ("unlocks", "--unlocks", 1),
 )
 
 

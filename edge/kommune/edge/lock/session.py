@@ -2,12 +2,15 @@
 exchange handshake messages, every wait raced against the link dropping.
 
     async with open_link(1017, transport=None, timings=t) as link:   # scan, connect
-        challenge = await link.challenge()          # asks with the 0x01 write
+        challenge = await link.challenge()          # subscribe + CHALLENGE_REQUEST
         reply = await link.exchange(request_bytes)  # write, then the lock's notification
 
-`timings` gets scan_ms, connect_ms (the link is up), discover_ms (MTU exchange, GATT
-discovery or the cached database's check, and the subscription). With a platform
-backend the link-up moment is not visible: connect_ms holds all of it.
+The first `challenge()` on a link subscribes and asks in one round trip: the
+CHALLENGE_REQUEST goes as a write without response right behind the subscription's
+CCCD write (protocols/LOCK.md, "Round trips"), so a first unlock costs two round trips
+after connect, not three. `timings` gets scan_ms, connect_ms (the link is up),
+discover_ms (MTU exchange, GATT discovery or the cached database's check). With a
+platform backend the link-up moment is not visible: connect_ms holds all of it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def _ms(since: float) -> float:
 
 
 class LockLink:
-    """A connected, subscribed lock: `challenge()`, `exchange()`, `lost`."""
+    """A connected lock: `challenge()`, `exchange()`, `lost`; subscribed to the handshake
+    characteristic by the first of them."""
 
     def __init__(
         self,
@@ -61,6 +65,7 @@ class LockLink:
         self.advert = advert
         self.address = client.address
         self.reply_timeout_s = reply_timeout_s
+        self._subscribed = False
 
     async def _race(self, operation: Awaitable[T], what: str, timeout_s: float) -> T:
         """`operation`, unless the link drops first (LinkLost) or it takes too long."""
@@ -98,22 +103,42 @@ class LockLink:
     async def _next(self, what: str) -> bytes:
         return await self._race(self.queue.queue.get(), what, self.reply_timeout_s)
 
+    async def _subscribe(self) -> None:
+        if not self._subscribed:
+            await self._race(
+                self.client.start_notify(HANDSHAKE_UUID, self.queue),
+                "subscribing",
+                self.reply_timeout_s,
+            )
+            self._subscribed = True
+
     async def challenge(self) -> bytes:
         """A fresh CHALLENGE: asked for, so it names this connection and a new nonce."""
         while not self.queue.queue.empty():  # a stale one (after an earlier answer)
             self.queue.queue.get_nowait()
         # Without response: the CHALLENGE notification is the answer (no extra round trip).
-        await self._write(CHALLENGE_REQUEST, "asking for a challenge", response=False)
+        ask = self.client.write_gatt_char(HANDSHAKE_UUID, CHALLENGE_REQUEST, response=False)
+        if self._subscribed:
+            await self._race(ask, "asking for a challenge", self.reply_timeout_s)
+        else:
+            # The subscription registers its handler before its CCCD write goes out, and
+            # the ask follows that write on the link: the CHALLENGE finds us listening.
+            subscribe = self.client.start_notify(HANDSHAKE_UUID, self.queue)
+            both = asyncio.gather(subscribe, ask)
+            await self._race(both, "subscribing and asking for a challenge", self.reply_timeout_s)
+            self._subscribed = True
         return await self._next("waiting for the challenge")
 
     async def exchange(self, message: bytes) -> bytes:
         """Write a REQUEST or COMMAND; the lock's answer (RESULT or NOTICE)."""
+        await self._subscribe()
         await self._write(message, "sending the request")
         return await self._next("waiting for the answer")
 
     async def receive(self, what: str = "waiting for the lock") -> bytes:
         """The lock's next notification (an audit batch after its RESULT, the CHALLENGE
         it sends unasked after an answer)."""
+        await self._subscribe()
         return await self._next(what)
 
     async def read_status(self) -> str:
@@ -222,7 +247,6 @@ async def open_link(
             advert=advert,
             reply_timeout_s=reply_timeout_s,
         )
-        await link._race(client.start_notify(HANDSHAKE_UUID, queue), "subscribing", reply_timeout_s)
         if link_up:
             times["connect_ms"] = round((link_up[0] - connecting) * 1000, 1)
             times["discover_ms"] = round((time.monotonic() - link_up[0]) * 1000, 1)
