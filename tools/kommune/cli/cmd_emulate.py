@@ -105,45 +105,16 @@ def run(args: argparse.Namespace) -> int:
         args.board = _default_board(args.node)
     try:
         profile = profiles.load(args.board)
-        files = {} if args.blank else firmware_files.node_files(args.node)
+        # As a bundle ships them: modules compiled (a 64 KB lock's sources do not fit).
+        files = {} if args.blank else firmware_files.compiled(firmware_files.node_files(args.node))
     except (profiles.BoardProfileError, firmware_files.FirmwareError) as e:
         raise CliError(str(e)) from e
     if args.heap is not None and not MIN_HEAP_KB <= args.heap <= 65536:
         raise CliError(f"--heap: give {MIN_HEAP_KB} to 65536 KB (the emulation itself needs ~34)")
-    if files:
-        files = _compiled(files)
     if args.flash is not None:
         args.flash = args.flash.absolute()  # the VM runs in the rig's work directory
         _prepare_flash(args.flash, profile.flash, fresh=args.format)
     return asyncio.run(_serve(args, files))
-
-
-def _compiled(files: dict[str, bytes]) -> dict[str, bytes]:
-    """Every module but main.py/boot.py as .mpy, as a firmware bundle ships them: no parse
-    at boot, and the heap a 64 KB lock needs (its sources alone do not fit)."""
-    import subprocess
-    import tempfile
-
-    from kommune.hil.vmprocess import _mpy_cross
-
-    out: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory(prefix="kommune-emulate-") as tmp:
-        for i, (path, source) in enumerate(sorted(files.items())):
-            if not path.endswith(".py") or path in ("/main.py", "/boot.py"):
-                out[path] = source
-                continue
-            src, dest = Path(tmp) / f"{i}.py", Path(tmp) / f"{i}.mpy"
-            src.write_bytes(source)
-            proc = subprocess.run(
-                [_mpy_cross(), "-s", path.lstrip("/"), "-o", str(dest), str(src)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise CliError(f"mpy-cross {path}: {proc.stderr.strip().splitlines()[-1]}")
-            out[path[:-3] + ".mpy"] = dest.read_bytes()
-    return out
 
 
 def _default_board(node: str | None) -> str:
