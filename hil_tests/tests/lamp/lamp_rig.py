@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 
 import serial
 
+from hil_tests.testing.agent import AgentProcess
 from kommune.hil import firmware_files as fw
 from kommune.hil.harness import Board
 from kommune.hil.models.lamp_load import LampLoad
@@ -298,47 +298,5 @@ def site_file(
     return path
 
 
-class Agent:
-    """`kommune edge run --log-format json` in a child; its JSON log records as they come.
-    close() kills and reaps it whatever state it is in."""
-
-    def __init__(self, site: Path) -> None:
-        self.proc = subprocess.Popen(
-            [KOMMUNE, "edge", "run", "--site", str(site), "--log-format", "json"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.records: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, name="agent-log", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            record = json.loads(line) if line.startswith("{") else {"msg": line.rstrip()}
-            with self._changed:
-                self.records.append(record)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    def wait_record(self, match: Callable[[dict[str, Any]], bool], timeout_s: float = 20.0) -> None:
-        with self._changed:
-            ok = self._changed.wait_for(
-                lambda: self._eof or any(match(r) for r in self.records), timeout_s
-            )
-            found = any(match(r) for r in self.records)
-        assert ok and found, f"no such agent log record; the log: {self.records[-10:]}"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self._reader.join(30)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+#: The agent beside the lamps (hil_tests/testing/agent.py).
+Agent = AgentProcess

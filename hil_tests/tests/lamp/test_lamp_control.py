@@ -50,9 +50,7 @@ def _site(folder: Path, lamps: list[Lamp], broker_port: int) -> Path:
 
 
 def _health(agent: Agent) -> dict[str, Any]:
-    [port] = [
-        r["fields"]["port"] for r in agent.records if "serving /healthz" in r.get("message", "")
-    ]
+    port = agent.port()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
         doc: dict[str, Any] = json.load(answer)
     return doc

@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +22,7 @@ from typing import Any
 import pytest
 from lock_rig import Lock, identity_file, start_lock
 
+from hil_tests.testing.agent import AgentProcess
 from hil_tests.testing.fixtures import MakeBoard
 from hil_tests.testing.mosquitto import Mosquitto
 from hil_tests.testing.mqtt_backend import Backend
@@ -39,72 +36,43 @@ from kommune.protocols.lock_wire import CMD_EPOCH_SET, CMD_TIME_SET, RIGHT_UNLOC
 
 pytestmark = pytest.mark.micropython
 
-KOMMUNE = str(Path(sys.executable).with_name("kommune"))
 LOCK_ID = 1017
 AGENT_ID = "care-edge"
 STREAM = f"lock-{LOCK_ID}/audit"
 
 
-class Agent:
-    """`kommune edge run` in a child, its JSON log lines collected; kill() is SIGKILL."""
+class Agent(AgentProcess):
+    """The agent with the rig's BLE transport; its visits, as its log reports them."""
 
     def __init__(self, site: Path, transport: str) -> None:
-        env = {**os.environ, "KOMMUNE_BLE_TRANSPORT": transport}
-        self.proc = subprocess.Popen(
-            [KOMMUNE, "edge", "run", "--site", str(site), "--log-format", "json"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.records: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, name="agent-log", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            record = json.loads(line) if line.startswith("{") else {"message": line.rstrip()}
-            with self._changed:
-                self.records.append(record)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
+        super().__init__(site, env={"KOMMUNE_BLE_TRANSPORT": transport})
 
     def visits(self) -> list[dict[str, Any]]:
-        with self._changed:
-            return [
-                r["fields"]
-                for r in self.records
-                if r.get("message", "").startswith(f"lock {LOCK_ID} visited")
-            ]
+        return [r["fields"] for r in self.records() if _is_visit(r)]
 
     def wait_visit(
         self, match: Callable[[dict[str, Any]], bool] = lambda _: True, timeout_s: float = 20.0
     ) -> dict[str, Any]:
         """The fields of the first good visit from now on that `match`es."""
-        seen = len(self.visits())
+        before = len(self.visits())
+        count = 0
 
-        def found() -> dict[str, Any] | None:
-            return next((v for v in self.visits()[seen:] if match(v)), None)
+        def later_and_matching(record: dict[str, Any]) -> bool:
+            nonlocal count
+            if not _is_visit(record):
+                return False
+            count += 1
+            return count > before and match(record["fields"])
 
-        with self._changed:
-            self._changed.wait_for(lambda: self._eof or found() is not None, timeout_s)
-        visit = found()
-        assert visit is not None, f"no such visit; the agent's log: {self.records[-8:]}"
-        return visit
+        fields: dict[str, Any] = self.wait_record(later_and_matching, timeout_s)["fields"]
+        return fields
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self._reader.join(30)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.close()
+
+
+def _is_visit(record: dict[str, Any]) -> bool:
+    return str(record.get("message", "")).startswith(f"lock {LOCK_ID} visited")
 
 
 def _site(folder: Path, lock: Lock, keystore: Path, broker_port: int) -> Path:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -25,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from hil_tests.testing.agent import AgentProcess
 from kommune.edge import keys
 from kommune.edge.northbound import Event
 from kommune.edge.parking.scanner import ParkingScanner
@@ -234,34 +233,5 @@ def site_file(
     return path
 
 
-class Agent:
-    """`kommune edge run --log-format json` in a child, its JSON log lines collected;
-    close() kills and reaps it. (As lamp_rig.Agent.)"""
-
-    def __init__(self, site: Path) -> None:
-        self.proc = subprocess.Popen(
-            [KOMMUNE, "edge", "run", "--site", str(site), "--log-format", "json"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.records: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, name="agent-log", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.records.append(json.loads(line) if line.startswith("{") else {"message": line})
-
-    def logged(self, text: str) -> bool:
-        return any(text in str(r.get("message", "")) for r in list(self.records))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self._reader.join(30)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+#: The agent beside the bays (hil_tests/testing/agent.py).
+Agent = AgentProcess

@@ -4,6 +4,7 @@ A car parks and leaves; the backend gets the bay's states, once each."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,8 @@ async def test_the_agent_commits_a_bays_changes_and_the_backend_gets_them_once(
     async with Backend("127.0.0.1", mosquitto.port) as backend:
         agent = Agent(site)
         try:
-            await wait_for(
-                lambda: agent.logged("parking scanner started"),
-                20.0,
-                what=f"the agent's scanner; its log: {agent.records[-5:]}",
+            await asyncio.to_thread(
+                agent.wait_record, lambda r: "parking scanner started" in r["message"]
             )
             car = bay.park(CAR)
             await wait_for(lambda: states(backend, bay.node)[-1:] == [1], 20.0, what="occupied")
