@@ -379,6 +379,21 @@ def test_edge_commands_time_and_epoch() -> None:
     ]
 
 
+def test_a_replayed_ack_proves_nothing() -> None:
+    # An ack crosses the air and stays valid: replayed by anyone, it prunes nothing, and
+    # must not make a squatter's connection "proven" (proven ones are evicted last).
+    lock, log = _lock()
+    assert _unlock(lock, b"a" * 16, 1000)[1].ok
+    ack = audit.encode_ack(HmacKey(EDGE_KEY), LOCK, 1, audit.entry_hash(log.entries[0]))
+    edge = lock.connect(1010)
+    assert lock.respond(edge, ack, 1010, VISIT).ok
+    assert edge.proven
+    squatter = lock.connect(1020)
+    v = lock.respond(squatter, ack, 1020, VISIT)
+    assert v.ok  # genuine and harmless: answered, not charged
+    assert not squatter.proven and not squatter.closed
+
+
 def test_holder_session_key_cannot_command() -> None:
     # The session key is not the edge key: a holder cannot set the clock.
     lock, _ = _lock()

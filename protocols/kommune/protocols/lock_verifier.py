@@ -563,9 +563,12 @@ class LockVerifier:
             ack = open_ack(data, self._edge_key, self.lock_id)
         except ProtocolError as e:
             return _notice(MSG_AUDIT_ACK, 0, e.reason)
-        conn.proven = True
         try:
-            self.audit.prune(ack.seq, ack.entry_hash)
+            # Only an ack that prunes proves the edge: one that prunes nothing may be
+            # replayed from the air by anyone, and must not keep a squatter's
+            # connection from eviction.
+            if self.audit.prune(ack.seq, ack.entry_hash):
+                conn.proven = True
             v = _notice(MSG_AUDIT_ACK, 0, OK, ACT_AUDIT_ACK)
         except ProtocolError as e:
             # Genuine but stale (the chain restarted, or an ack from before a
