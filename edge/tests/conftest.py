@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from agent_support import AgentProcess
+
+from hil_tests.testing.mosquitto import Mosquitto
+from hil_tests.testing.mqtt_backend import Publisher
 
 
 @pytest.fixture
@@ -16,3 +19,10 @@ def agents() -> Iterator[list[AgentProcess]]:
     yield started
     for agent in started:
         agent.close()
+
+
+@pytest.fixture
+async def publisher(mosquitto: Mosquitto) -> AsyncIterator[Publisher]:
+    """The backend publishing to the test's broker (downlinks)."""
+    async with Publisher.connected(mosquitto.host, mosquitto.port) as connected:
+        yield connected

@@ -10,22 +10,19 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 from agent_support import MINIMAL_SITE, AgentProcess, http_get, parse_prometheus
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hil_tests.testing.mosquitto import Mosquitto
-from hil_tests.testing.mqtt_backend import Backend
+from hil_tests.testing.mqtt_backend import Backend, Publisher
 from hil_tests.testing.waiting import wait_until
 from kommune.edge.downlink.envelope import sign
 from kommune.edge.downlink.keys import public_pem
 from kommune.edge.uplink import Record
-from kommune.edge.uplink.client import MqttClient, publish_properties
 
 AGENT, SITE = "test-agent", "lab"
 DEADLINE_S = 30.0
@@ -62,31 +59,6 @@ class Issuer:
         }
         fields.update(changes)
         return sign(self.key, **fields)
-
-
-class Publisher:
-    """Publishes with QoS 1; the PUBACK's reason code (0x10: nobody subscribed)."""
-
-    def __init__(self, client: MqttClient) -> None:
-        self.client = client
-
-    async def publish(self, topic: str, payload: bytes) -> int:
-        async with asyncio.timeout(DEADLINE_S):
-            code = await self.client.publish_nowait(topic, payload, publish_properties(False))
-        return int(code.value)
-
-
-@pytest.fixture
-async def publisher(mosquitto: Mosquitto) -> AsyncIterator[Publisher]:
-    client = MqttClient(
-        mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5
-    )
-    async with asyncio.timeout(DEADLINE_S):
-        await client.connect()
-    try:
-        yield Publisher(client)
-    finally:
-        await client.__aexit__(None, None, None)
 
 
 @pytest.fixture

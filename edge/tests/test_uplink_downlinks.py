@@ -7,18 +7,16 @@ stop the uplink."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import aiomqtt
 import pytest
 
 from hil_tests.testing.fake_outbox import FakeOutbox
 from hil_tests.testing.mosquitto import Mosquitto
+from hil_tests.testing.mqtt_backend import Publisher
 from hil_tests.testing.tcp_proxy import TcpProxy
 from kommune.edge.northbound import Priority
 from kommune.edge.uplink import BackoffPolicy, Uplink, UplinkConfig, UplinkState
 from kommune.edge.uplink import session as uplink_session
-from kommune.edge.uplink.client import MqttClient, publish_properties
 
 NO_SUBSCRIBERS = 0x10
 
@@ -35,32 +33,6 @@ def config(host: str, port: int) -> UplinkConfig:
         drain_s=1.0,
         connect_timeout_s=5.0,
     )
-
-
-class Publisher:
-    """The backend's side: publishes downlinks with QoS 1 and gives the PUBACK's reason
-    code (0x10: no subscriber matched the topic)."""
-
-    def __init__(self, client: MqttClient) -> None:
-        self.client = client
-
-    async def publish(self, topic: str, payload: bytes) -> int:
-        async with asyncio.timeout(DEADLINE_S):
-            code = await self.client.publish_nowait(topic, payload, publish_properties(False))
-        return int(code.value)
-
-
-@pytest.fixture
-async def publisher(mosquitto: Mosquitto) -> AsyncIterator[Publisher]:
-    client = MqttClient(
-        mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5
-    )
-    async with asyncio.timeout(DEADLINE_S):
-        await client.connect()
-    try:
-        yield Publisher(client)
-    finally:
-        await client.__aexit__(None, None, None)
 
 
 class Handler:

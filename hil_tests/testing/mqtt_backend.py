@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from kommune.edge.uplink import Record, SenmlError, records_of
+from kommune.edge.uplink.client import MqttClient, publish_properties
 
 Key = tuple[str, str, int]
 
@@ -152,3 +153,30 @@ class Backend:
             self.messages.append(Received(str(message.topic), tuple(records), time.time()))
             self.records += records
         self._changed.set()
+
+
+class Publisher:
+    """The backend's other side: publishes (downlinks) with QoS 1 on its own MQTT 5
+    connection and gives each PUBACK's reason code (0x10: no subscriber matched)."""
+
+    #: How long a connect or a PUBACK may take.
+    DEADLINE_S = 20.0
+
+    def __init__(self, client: MqttClient) -> None:
+        self.client = client
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connected(cls, host: str, port: int) -> AsyncIterator[Publisher]:
+        client = MqttClient(host, port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5)
+        async with asyncio.timeout(cls.DEADLINE_S):
+            await client.connect()
+        try:
+            yield cls(client)
+        finally:
+            await client.__aexit__(None, None, None)
+
+    async def publish(self, topic: str, payload: bytes) -> int:
+        async with asyncio.timeout(self.DEADLINE_S):
+            code = await self.client.publish_nowait(topic, payload, publish_properties(False))
+        return int(code.value)
