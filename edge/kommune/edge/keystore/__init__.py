@@ -208,7 +208,10 @@ class KeyStore:
         file = self.path / SITE_KEY_NAME
         if not file.exists():
             if not generate:
-                raise KeyStoreError(f"{file}: no site key yet")
+                raise KeyStoreError(
+                    f"{file}: no site key yet (`kommune provision lock` or `kommune token issue`"
+                    " makes it)"
+                )
             key = keys.new_site_key()
             keys.check_site_key(key)
             write_atomic(file, key.hex().encode() + b"\n")

@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kommune.edge.keystore import KeyStore, KeyStoreError
+from kommune.edge.keystore import KeyStore
 from kommune.edge.keystore.audit import AuditStore
 from kommune.edge.locks.visit import (
     EDGE_HOLDER_ID,
@@ -43,8 +43,7 @@ T = TypeVar("T")
 def prepare(path: Path, lock_id: int, now_s: int) -> tuple[Plan, AuditStore, AuditChecker]:
     """The plan for visiting `lock_id`, its audit store (close it) and checker. Blocking."""
     with KeyStore.open(path, create=False) as store:
-        if not store.has_site_key():
-            raise KeyStoreError(f"{path}: no site key yet (`kommune provision lock` makes it)")
+        store.site_key(generate=False)  # KeyStoreError if there is none (or it is unsafe)
         lock_keys = store.lock_keys(lock_id)
         version = store.deny_version(lock_id)
         listed = store.deny_list(lock_id)

@@ -150,8 +150,7 @@ class LockManagerPart:
 
     def _check_keystore(self) -> None:
         with KeyStore.open(self.keystore_path, create=False) as store:
-            if not store.has_site_key():
-                raise KeyStoreError(f"{self.keystore_path}: no site key yet")
+            store.site_key(generate=False)  # KeyStoreError if there is none (or it is unsafe)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
